@@ -1,0 +1,377 @@
+"""The ``rekam`` command line: set up a network, run the demo, verify, audit, prove, measure."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from rekam.service.datadir import DataDir, DataDirError
+from rekam.service.errors import ServiceError
+from rekam.service.workspace import OrgSpec, Workspace
+
+app = typer.Typer(
+    help="Rekam: a permissioned ledger for encrypted, consented, audited medical records.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+receipt_app = typer.Typer(help="Export a record's or transaction's receipt, or verify one offline.")
+bench_app = typer.Typer(help="Measure throughput beside baselines from the same run (JSON with --json).")
+keys_app = typer.Typer(help="Export the network's public keys for offline verification.")
+app.add_typer(receipt_app, name="receipt")
+app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
+
+console = Console()
+err = Console(stderr=True)
+
+DataDirOpt = Annotated[Path, typer.Option("--data-dir", "-d", help="The node's data folder.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@contextmanager
+def _workspace(data_dir: Path) -> Iterator[Workspace]:
+    try:
+        ws = Workspace.open(data_dir)
+    except (DataDirError, ServiceError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        yield ws
+    except (DataDirError, ServiceError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        ws.close()
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _passphrase(env: str | None, prompt: str) -> str:
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise _fail(f"environment variable {env} is empty or unset")
+        return value
+    return str(typer.prompt(prompt, hide_input=True))
+
+
+# -- init and demo --------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    data_dir: DataDirOpt,
+    network: Annotated[str, typer.Option(help="Network name (a lowercase slug).")] = "rekam",
+    org: Annotated[
+        list[str] | None,
+        typer.Option(help="A founding organisation as slug:kind[:label]; repeat for each."),
+    ] = None,
+    kdf: Annotated[str, typer.Option(help="Keystore cost: standard, or fast for tests.")] = "standard",
+    store: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in the folder).")] = None,
+) -> None:
+    """Create a new network from a genesis in an empty data folder."""
+    specs = []
+    for item in org or ["klinik-utama:clinic:Klinik Utama"]:
+        parts = item.split(":", 2)
+        if len(parts) < 2:
+            raise _fail(f"--org {item!r}: expected slug:kind[:label]")
+        specs.append(OrgSpec(parts[0], parts[1], parts[2] if len(parts) > 2 else parts[0]))
+    try:
+        ws = Workspace.create(data_dir, network, specs, kdf=kdf, store_url=store)
+    except (DataDirError, ServiceError) as exc:
+        raise _fail(str(exc)) from None
+    with ws:
+        console.print(f"network [bold]{network}[/] created: id {ws.node.network_id}")
+        console.print(f"data folder: {data_dir.resolve()}")
+        for spec in specs:
+            console.print(f"  organisation {spec.org} ({spec.kind}) - keystore and passphrase in keys/ and secrets/")
+
+
+@app.command()
+def demo(
+    data_dir: DataDirOpt = Path("demo-data"),
+    patients: Annotated[int, typer.Option(min=2, max=50, help="Synthetic patients to register.")] = 3,
+    kdf: Annotated[str, typer.Option(help="Keystore cost: standard, or fast.")] = "standard",
+) -> None:
+    """Build a demo network (2 clinics, a lab, a pharmacy) and play the whole story."""
+    from rekam.service.demo import run_demo, total_steps
+
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise _fail(f"{data_dir} is not empty; pass a new --data-dir or remove it")
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:
+        task = progress.add_task("demo", total=total_steps(patients))
+
+        def step(message: str) -> None:
+            progress.update(task, advance=1, description=message[:70])
+
+        try:
+            result = run_demo(data_dir, patients=patients, kdf=kdf, step=step)
+        except (DataDirError, ServiceError) as exc:
+            raise _fail(str(exc)) from None
+    labels = {m["id"]: m["name"] for m in result.members.values()}
+    names = {p["id"]: p["name"] for p in result.patients}
+    console.print("[bold]Rekam demo network[/] - synthetic data only\n")
+    for patient_id, events in result.history.items():
+        _print_history(f"Access history of {names[patient_id]} ({patient_id})", events, labels)
+    assert result.report is not None
+    console.print(f"[bold]verify:[/] {result.report.summary()}")
+    console.print(f"receipt of the first diagnosis: {result.receipt_path}")
+    console.print(f"\ndata folder: [bold]{data_dir.resolve()}[/]")
+    console.print(f"demo identities and passphrases: {data_dir.resolve() / 'demo-credentials.json'}")
+    console.print(
+        f"try: rekam audit -d {data_dir} --patient {result.patients[0]['id']}  |  rekam verify -d {data_dir}"
+    )
+    if not result.report.ok:
+        raise typer.Exit(1)
+
+
+def _print_history(title: str, events: list[dict[str, Any]], labels: dict[str, str]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in ("time", "event", "who", "organisation", "record", "basis", "purpose"):
+        table.add_column(column)
+    for e in events:
+        style = "bold red" if e["emergency"] else ("yellow" if e["allowed"] is False else "")
+        basis = e["basis"] or ""
+        if e["basis_ref"]:
+            basis += f" {e['basis_ref'][:10]}"
+        table.add_row(
+            _when(e["time"]),
+            e["label"],
+            labels.get(e["actor"], e["actor_label"]),
+            e["actor_org"] or "",
+            e["resource_type"] or "",
+            basis,
+            e["purpose"] or "",
+            style=style,
+        )
+    console.print(table)
+
+
+# -- verification, audit, rebuild ------------------------------------------------------------
+
+
+@app.command()
+def verify(data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
+    """Check hash chain, Merkle roots, signatures, validity, state tables and blobs."""
+    from rekam.service.verify import verify_chain
+
+    with _workspace(data_dir) as ws:
+        report = verify_chain(ws.node.store, ws.genesis, ws.node.blobs)
+    if as_json:
+        print(json.dumps({"ok": report.ok, "summary": report.summary(), "problem": report.problem,
+                          "height": report.height, "txs": report.txs, "seconds": report.seconds}))
+    else:
+        (console if report.ok else err).print(report.summary())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def audit(
+    data_dir: DataDirOpt,
+    patient: Annotated[str, typer.Option(help="The patient's pseudonymous id (p-...).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """A patient's access history: who read or changed their data, when, and why."""
+    with _workspace(data_dir) as ws:
+        entries = ws.audit.history(patient)
+        labels = ws.datadir.labels()
+    events = [e.to_json() | {"label": e.label} for e in entries]
+    if as_json:
+        print(json.dumps(events, indent=2))
+        return
+    _print_history(f"Access history of {patient}", events, labels)
+
+
+@app.command()
+def rebuild(data_dir: DataDirOpt) -> None:
+    """Recompute every state table from the blocks and replace the stored state."""
+    from rekam.service.verify import VerifyFailure, rebuild_state
+
+    with _workspace(data_dir) as ws:
+        try:
+            report = rebuild_state(ws.node.store, ws.genesis)
+        except VerifyFailure as exc:
+            raise _fail(f"cannot rebuild: {exc}") from None
+    console.print(f"rebuilt {report.state_rows} state rows from {report.height + 1} blocks in {report.seconds:.2f}s")
+
+
+@app.command()
+def status(data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
+    """Show the network id, head height and hash, and local organisations."""
+    with _workspace(data_dir) as ws:
+        head = ws.node.head
+        info = {
+            "network": ws.node.network_id,
+            "name": ws.genesis.doc["name"],
+            "height": head.height,
+            "head": head.hash,
+            "time": _when(head.time),
+            "local_orgs": sorted(ws.org_identities),
+            "store": ws.datadir.store_url().split("://")[0],
+        }
+    if as_json:
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            console.print(f"{key:>11}: {value}")
+
+
+# -- receipts and keys ---------------------------------------------------------------------
+
+
+@receipt_app.callback(invoke_without_command=True)
+def receipt(
+    ctx: typer.Context,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", "-d", help="The node's data folder.")] = None,
+    record: Annotated[str | None, typer.Option(help="A record id (r-...): prove its version.")] = None,
+    version: Annotated[int | None, typer.Option(help="Record version (default: latest).")] = None,
+    tx: Annotated[str | None, typer.Option(help="A transaction id instead of a record.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the receipt here (default: stdout).")] = None,
+) -> None:
+    """Export the inclusion receipt of a record version or transaction (cosigned checkpoint)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rekam.service.proofs import ReceiptError, build_receipt, make_checkpoint
+
+    if data_dir is None or (record is None) == (tx is None):
+        raise _fail("give --data-dir and exactly one of --record or --tx")
+    with _workspace(data_dir) as ws:
+        store = ws.node.store
+        tx_id = tx
+        if record is not None:
+            head = store.get("record", record)
+            if head is None:
+                raise _fail("unknown record")
+            row = store.get("record_version", f"{record}@{version or head['version']}")
+            if row is None:
+                raise _fail("unknown record version")
+            tx_id = row["tx"]
+        assert tx_id is not None
+        checkpoint = make_checkpoint(store, ws.node.network_id, {o: i.signer for o, i in ws.org_identities.items()})
+        try:
+            doc = build_receipt(store, tx_id, checkpoint)
+        except ReceiptError as exc:
+            raise _fail(str(exc)) from None
+    text = json.dumps(doc, indent=2) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, "utf-8")
+        console.print(f"receipt written to {out}")
+
+
+@receipt_app.command("verify")
+def receipt_verify(
+    path: Annotated[Path, typer.Argument(help="The receipt JSON file.")],
+    keys: Annotated[Path, typer.Option(help="genesis.json or a `rekam keys export` file.")],
+    min_cosigners: Annotated[int, typer.Option(help="Checkpoint cosignatures required.")] = 1,
+) -> None:
+    """Verify a receipt offline with only the receipt and the network's public keys."""
+    from rekam.service.proofs import ReceiptError, load_json, verify_receipt
+
+    try:
+        check = verify_receipt(load_json(path.read_bytes()), load_json(keys.read_bytes()), min_cosigners)
+    except (ReceiptError, OSError) as exc:
+        raise _fail(f"receipt does NOT verify: {exc}") from None
+    state = "valid" if check.valid else f"INVALID ({check.code})"
+    console.print(
+        f"receipt verifies: {check.tx_type} {check.tx_id[:16]} in block {check.height}, {state}; "
+        f"checkpoint at height {check.checkpoint_height} cosigned by {', '.join(check.cosigners)}"
+    )
+
+
+@keys_app.command("export")
+def keys_export(data_dir: DataDirOpt) -> None:
+    """Print the organisations' current public signing keys (for receipt verify)."""
+    from rekam.service.proofs import export_keys
+
+    with _workspace(data_dir) as ws:
+        doc = export_keys(ws.node.network_id, list(ws.node.store.state_rows("org")))
+    print(json.dumps(doc, indent=2))
+
+
+# -- benchmarks ----------------------------------------------------------------------------
+
+
+def _bench_out(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        console.print(f"{key:>28}: {value}")
+
+
+@bench_app.command("commit")
+def bench_commit(
+    data_dir: DataDirOpt,
+    txs: Annotated[int, typer.Option(min=1, help="How many signed record writes to commit.")] = 5000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Committed tx/s for already-signed record writes, beside raw Ed25519 and plain SQLite."""
+    from rekam.service.bench import bench_commit as run
+
+    _bench_out(run(data_dir, txs), as_json)
+
+
+@bench_app.command("verify")
+def bench_verify(
+    data_dir: DataDirOpt,
+    txs: Annotated[int, typer.Option(min=1, help="Transactions in the chain to verify.")] = 5000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Full-chain verify rate beside the raw Ed25519 verify rate."""
+    from rekam.service.bench import bench_verify as run
+
+    _bench_out(run(data_dir, txs), as_json)
+
+
+@bench_app.command("write")
+def bench_write(
+    data_dir: DataDirOpt,
+    txs: Annotated[int, typer.Option(min=1, help="Records to write end to end.")] = 1000,
+    as_json: JsonOpt = False,
+) -> None:
+    """End-to-end record writes per second (validate, encrypt, wrap keys, sign, commit)."""
+    from rekam.service.bench import bench_write as run
+
+    _bench_out(run(data_dir, txs), as_json)
+
+
+@bench_app.command("proofs")
+def bench_proofs(
+    data_dir: DataDirOpt,
+    txs: Annotated[int, typer.Option(min=1, help="Transactions in the chain.")] = 5000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Inclusion proof generation and verification rates."""
+    from rekam.service.bench import bench_proofs as run
+
+    _bench_out(run(data_dir, txs), as_json)
+
+
+def main() -> None:
+    """Entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

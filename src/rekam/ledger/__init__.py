@@ -1,0 +1,1 @@
+"""The ledger core: transactions, blocks, validation, state and proofs; pure, no I/O."""

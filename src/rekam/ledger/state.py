@@ -1,0 +1,219 @@
+"""World state: the tables every node derives from the blocks, and the views the rules read.
+
+State is a set of named tables of rows keyed by a string. The table specification below is the
+single source for both the in-memory state used when replaying blocks and the SQL tables of
+the storage adapters, so a node's stored state can be recomputed from its blocks and compared
+row by row. Rows hold only str, int, bool, None and lists of str.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+ColumnType = Literal["str", "int", "bool", "strlist"]
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One state table: its name and typed columns (the key column is implicit)."""
+
+    name: str
+    columns: tuple[tuple[str, ColumnType, bool], ...]  # (name, type, nullable)
+
+    def column_names(self) -> tuple[str, ...]:
+        """Names of the non-key columns, in declaration order."""
+        return tuple(c[0] for c in self.columns)
+
+
+def _t(name: str, *cols: tuple[str, ColumnType, bool]) -> TableSpec:
+    return TableSpec(name, cols)
+
+
+S: ColumnType = "str"
+I: ColumnType = "int"
+B: ColumnType = "bool"
+L: ColumnType = "strlist"
+
+TABLES: tuple[TableSpec, ...] = (
+    # Organisations: clinics, hospitals, labs and pharmacies (keyed by their public slug).
+    _t(
+        "org",
+        ("kind", S, False),
+        ("sign_key", S, False),
+        ("enc_key", S, False),
+        ("active", B, False),
+        ("since", I, False),
+    ),
+    # Members enrolled by an organisation with one role and a validity window.
+    _t(
+        "member",
+        ("org", S, False),
+        ("role", S, False),
+        ("sign_key", S, False),
+        ("enc_key", S, False),
+        ("valid_from", I, False),
+        ("valid_until", I, False),
+        ("revoked", B, False),
+    ),
+    # Patients by random pseudonymous id; nothing identifying is ever stored here.
+    _t(
+        "patient",
+        ("home_org", S, False),
+        ("sign_key", S, False),
+        ("enc_key", S, False),
+        ("registered", I, False),
+    ),
+    # The head of every record: its latest version and whether it was erased or dispensed.
+    _t(
+        "record",
+        ("patient", S, False),
+        ("resource_type", S, False),
+        ("version", I, False),
+        ("content_hash", S, False),
+        ("author", S, False),
+        ("author_org", S, False),
+        ("created", I, False),
+        ("updated", I, False),
+        ("erased", B, False),
+        ("dispensed", B, False),
+    ),
+    # Every version of every record (keyed "record@version"); versions are never updated.
+    _t(
+        "record_version",
+        ("record", S, False),
+        ("version", I, False),
+        ("patient", S, False),
+        ("content_hash", S, False),
+        ("content_size", I, False),
+        ("author", S, False),
+        ("tx", S, False),
+        ("time", I, False),
+    ),
+    _t(
+        "consent",
+        ("patient", S, False),
+        ("grantee", S, False),
+        ("grantee_kind", S, False),
+        ("resource_types", L, False),
+        ("purpose", S, False),
+        ("start", I, False),
+        ("end", I, False),
+        ("revoked", B, False),
+        ("granted_by", S, False),
+    ),
+    _t(
+        "emergency",
+        ("member", S, False),
+        ("patient", S, False),
+        ("reason", S, False),
+        ("start", I, False),
+        ("expires", I, False),
+    ),
+    # Everything a patient may see about their data, keyed by transaction id.
+    _t(
+        "event",
+        ("patient", S, False),
+        ("time", I, False),
+        ("kind", S, False),
+        ("actor", S, False),
+        ("actor_org", S, True),
+        ("record", S, True),
+        ("version", I, True),
+        ("allowed", B, True),
+        ("basis", S, True),
+        ("basis_ref", S, True),
+        ("purpose", S, True),
+    ),
+)
+
+TABLE_BY_NAME: dict[str, TableSpec] = {t.name: t for t in TABLES}
+
+
+class StateReader(Protocol):
+    """Read access to world state as of the chain head; what the rules are allowed to see."""
+
+    def get(self, table: str, key: str) -> Row | None:
+        """The row with this key, or None."""
+        ...
+
+    def tx_seen(self, tx_id: str) -> bool:
+        """True when a transaction with this id is already in the chain (valid or not)."""
+        ...
+
+
+@runtime_checkable
+class Prefetching(Protocol):
+    """Optional: a reader that can load many keys at once before a block is validated."""
+
+    def prefetch(self, wanted: Mapping[str, Iterable[str]], tx_ids: Iterable[str]) -> None:
+        """Warm the reader with the rows and transaction ids a block will ask for."""
+        ...
+
+
+class Delta:
+    """Rows written by one block, in order; later writes to a key replace earlier ones."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, dict[str, Any]]] = {t.name: {} for t in TABLES}
+        self.tx_ids: set[str] = set()
+
+    def put(self, table: str, key: str, row: Mapping[str, Any]) -> None:
+        """Record a full row for a key (insert or replace)."""
+        spec = TABLE_BY_NAME[table]
+        if set(row) != set(spec.column_names()):
+            missing = set(spec.column_names()) ^ set(row)
+            raise KeyError(f"row for {table} has wrong columns: {sorted(missing)}")
+        self.tables[table][key] = dict(row)
+
+    def rows(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Every (table, key, row) written, table by table."""
+        for table, rows in self.tables.items():
+            for key, row in rows.items():
+                yield table, key, row
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.tables.values())
+
+
+class Overlay:
+    """A reader that sees a base state with a block's pending writes on top."""
+
+    def __init__(self, base: StateReader, delta: Delta) -> None:
+        self.base = base
+        self.delta = delta
+
+    def get(self, table: str, key: str) -> Row | None:
+        """The pending row if this block wrote one, else the base row."""
+        row = self.delta.tables[table].get(key)
+        if row is not None:
+            return row
+        return self.base.get(table, key)
+
+    def tx_seen(self, tx_id: str) -> bool:
+        """Seen in this block already, or in the chain below it."""
+        return tx_id in self.delta.tx_ids or self.base.tx_seen(tx_id)
+
+
+class MemoryState:
+    """World state held in dictionaries; used to replay and recompute state from blocks."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, dict[str, Any]]] = {t.name: {} for t in TABLES}
+        self.tx_ids: set[str] = set()
+
+    def get(self, table: str, key: str) -> Row | None:
+        """The row with this key, or None."""
+        return self.tables[table].get(key)
+
+    def tx_seen(self, tx_id: str) -> bool:
+        """True when the id was applied before."""
+        return tx_id in self.tx_ids
+
+    def apply(self, delta: Delta, tx_ids: Iterable[str]) -> None:
+        """Make a block's writes and transaction ids part of this state."""
+        for table, key, row in delta.rows():
+            self.tables[table][key] = dict(row)
+        self.tx_ids.update(tx_ids)

@@ -1,0 +1,225 @@
+"""Block validation: state + block -> per-transaction validity and the state writes.
+
+This is the function every node runs on every block. It is pure apart from reading state
+through a ``StateReader``: the block's own time is the only clock, transactions are applied
+in block order, and the same bytes give the same result everywhere. Signatures are checked
+in parallel first (they need no state), the rules then run one transaction at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from rekam.crypto import verify_many, verify_signature
+from rekam.encoding import b64d
+from rekam.ledger._errors import InvalidBlockError, MalformedError
+from rekam.ledger.block import ZERO_HASH, Block, Genesis, check_header, genesis_block, tx_root
+from rekam.ledger.rules import Context, Reject, apply_rule, authenticate, state_keys
+from rekam.ledger.state import Delta, MemoryState, Overlay, Prefetching, StateReader
+from rekam.ledger.tx import Transaction
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The last block a node holds: what the next block must link to."""
+
+    height: int
+    hash: str
+    time: int
+
+
+@dataclass(frozen=True)
+class TxResult:
+    """The outcome of one transaction in a block."""
+
+    tx_id: str
+    tx_type: str
+    valid: bool
+    code: str
+
+
+@dataclass
+class BlockResult:
+    """What applying a block does: a result per transaction and the rows it writes."""
+
+    results: list[TxResult]
+    delta: Delta
+    txs: list[Transaction | None] = field(default_factory=list)
+
+
+def genesis_delta(genesis: Genesis) -> Delta:
+    """The state the genesis block creates: the founding organisations."""
+    delta = Delta()
+    for org in genesis.orgs:
+        delta.put(
+            "org",
+            org["org"],
+            {
+                "kind": org["kind"],
+                "sign_key": org["sign_key"],
+                "enc_key": org["enc_key"],
+                "active": True,
+                "since": 0,
+            },
+        )
+    return delta
+
+
+def check_block(st: StateReader, genesis: Genesis, head: ChainHead, block: Block) -> None:
+    """Raise InvalidBlockError unless the block may extend ``head`` (link, root, signature)."""
+    try:
+        check_header(block.header)
+    except MalformedError as exc:
+        raise InvalidBlockError(str(exc)) from None
+    if block.header["network"] != genesis.network_id:
+        raise InvalidBlockError(f"block {block.height}: wrong network")
+    if block.height != head.height + 1:
+        raise InvalidBlockError(f"block {block.height}: expected height {head.height + 1}")
+    if block.prev != head.hash or block.prev == ZERO_HASH:
+        raise InvalidBlockError(f"block {block.height}: previous hash does not match the chain")
+    if block.time < head.time:
+        raise InvalidBlockError(f"block {block.height}: time goes backwards")
+    if block.header["tx_count"] != len(block.txs) or not block.txs:
+        raise InvalidBlockError(f"block {block.height}: tx_count does not match")
+    if len(block.txs) > genesis.policy["max_block_txs"]:
+        raise InvalidBlockError(f"block {block.height}: too many transactions")
+    if tx_root(block.txs) != block.header["tx_root"]:
+        raise InvalidBlockError(f"block {block.height}: Merkle root does not match")
+    if block.orderer not in genesis.orderers:
+        raise InvalidBlockError(f"block {block.height}: {block.orderer} is not an orderer")
+    org = st.get("org", block.orderer)
+    if org is None or not org["active"]:
+        raise InvalidBlockError(f"block {block.height}: orderer is not active")
+    if not verify_signature(b64d(org["sign_key"]), block.signed_message(), block.signature):
+        raise InvalidBlockError(f"block {block.height}: orderer signature does not verify")
+
+
+def decode_all(raw_txs: Sequence[bytes]) -> list[Transaction | None]:
+    """Decode each envelope; None where the bytes are malformed."""
+    out: list[Transaction | None] = []
+    for raw in raw_txs:
+        try:
+            out.append(Transaction.decode(raw))
+        except MalformedError:
+            out.append(None)
+    return out
+
+
+def check_signatures(txs: Sequence[Transaction | None]) -> list[tuple[bool, ...]]:
+    """Verify every signature of every transaction, in parallel; per-transaction tuples."""
+    items: list[tuple[bytes, bytes, bytes]] = []
+    for tx in txs:
+        if tx is not None:
+            items.extend((s.key, tx.signed_message, s.sig) for s in tx.signatures)
+    flat = iter(verify_many(items))
+    return [() if tx is None else tuple(next(flat) for _ in tx.signatures) for tx in txs]
+
+
+def apply_block(
+    st: StateReader,
+    genesis: Genesis,
+    head: ChainHead,
+    block: Block,
+    org_ids: Iterable[str],
+    *,
+    txs: Sequence[Transaction | None] | None = None,
+    sig_ok: Sequence[tuple[bool, ...]] | None = None,
+) -> BlockResult:
+    """Validate a block against state and return each transaction's result and the writes.
+
+    ``txs`` and ``sig_ok`` may be passed when already computed (a verifier decodes and checks
+    signatures of many blocks in parallel); they must be exactly what ``decode_all`` and
+    ``check_signatures`` return for this block.
+    """
+    check_block(st, genesis, head, block)
+    decoded = decode_all(block.txs) if txs is None else list(txs)
+    sigs = check_signatures(decoded) if sig_ok is None else list(sig_ok)
+    if isinstance(st, Prefetching):
+        wanted: dict[str, set[str]] = {}
+        for tx in decoded:
+            if tx is not None:
+                for table, keys in state_keys(tx).items():
+                    wanted.setdefault(table, set()).update(keys)
+        st.prefetch(wanted, [tx.tx_id for tx in decoded if tx is not None])
+    ctx = Context(block.height, block.time, genesis.policy)
+    delta = Delta()
+    view = Overlay(st, delta)
+    orgs = list(org_ids)
+    results: list[TxResult] = []
+    policy = genesis.policy
+    for raw, tx, ok in zip(block.txs, decoded, sigs, strict=True):
+        if tx is None:
+            results.append(TxResult(hashlib.sha256(raw).hexdigest(), "", False, "malformed"))
+            continue
+        code = "ok"
+        authenticated = False
+        try:
+            if tx.network != genesis.network_id:
+                raise Reject("wrong_network")
+            if view.tx_seen(tx.tx_id):
+                raise Reject("duplicate")
+            if tx.created > block.time + policy["max_future_ms"]:
+                raise Reject("from_the_future")
+            if tx.created < block.time - policy["max_tx_age_ms"]:
+                raise Reject("too_old")
+            signers = authenticate(view, tx, ok, block.time)
+            authenticated = True
+            writes = apply_rule(view, ctx, tx, signers, orgs)
+        except Reject as rejected:
+            code = rejected.code
+        else:
+            for table, key, row in writes:
+                delta.put(table, key, row)
+                if table == "org" and key not in orgs:
+                    orgs.append(key)
+        # An authenticated transaction's id is taken even when a rule refused it, so the same
+        # signed bytes can never be replayed later. An unauthenticated copy takes nothing:
+        # otherwise anyone could burn a genuine transaction's id with a forged signature.
+        if authenticated:
+            delta.tx_ids.add(tx.tx_id)
+        results.append(TxResult(tx.tx_id, tx.type, code == "ok", code))
+    return BlockResult(results, delta, decoded)
+
+
+def replay(
+    genesis: Genesis,
+    blocks: Iterable[Block],
+    *,
+    prepared: Mapping[int, tuple[list[Transaction | None], list[tuple[bool, ...]]]] | None = None,
+) -> tuple[MemoryState, ChainHead, list[BlockResult]]:
+    """Recompute state from genesis over blocks 1..n; raises InvalidBlockError at a bad block."""
+    state = MemoryState()
+    g = genesis_block(genesis)
+    state.apply(genesis_delta(genesis), [hashlib.sha256(genesis.to_bytes()).hexdigest()])
+    head = ChainHead(0, g.hash, g.time)
+    results: list[BlockResult] = []
+    for block in blocks:
+        pre = prepared.get(block.height) if prepared is not None else None
+        result = apply_block(
+            state,
+            genesis,
+            head,
+            block,
+            state.tables["org"].keys(),
+            txs=pre[0] if pre else None,
+            sig_ok=pre[1] if pre else None,
+        )
+        state.apply(result.delta, result.delta.tx_ids)
+        head = ChainHead(block.height, block.hash, block.time)
+        results.append(result)
+    return state, head, results
+
+
+__all__ = [
+    "BlockResult",
+    "ChainHead",
+    "TxResult",
+    "apply_block",
+    "check_block",
+    "check_signatures",
+    "decode_all",
+    "genesis_delta",
+    "replay",
+]

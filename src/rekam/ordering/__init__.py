@@ -1,0 +1,1 @@
+"""Ordering adapters: the solo in-process orderer (embedded default)."""

@@ -1,0 +1,1 @@
+"""Domain rules for medical records: FHIR content, authorship and versions; no I/O."""

@@ -1,0 +1,199 @@
+"""The node: validates and stores blocks, and acknowledges transactions once durable.
+
+A submitted transaction is acknowledged (its future resolves) only after the block holding it
+is committed to the store, so an acknowledged write survives a crash. Submitting the same
+transaction again returns the stored result; it is never applied twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+
+from rekam.crypto import Signer
+from rekam.ledger.block import Block, Genesis, cut_block
+from rekam.ledger.tx import Transaction
+from rekam.ledger.validate import BlockResult, ChainHead, TxResult, apply_block
+from rekam.service.ports import BlobStore, ChainStore, Orderer
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    """Wall-clock time in milliseconds since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
+class NodeError(Exception):
+    """Root of the node's own errors."""
+
+
+class NotCommittedError(NodeError):
+    """A transaction was not committed in time, or its block could not be stored."""
+
+
+BlockListener = Callable[[Block, BlockResult], None]
+
+
+class Node:
+    """One node's chain: commits blocks and turns submissions into acknowledged results."""
+
+    def __init__(
+        self,
+        genesis: Genesis,
+        store: ChainStore,
+        blobs: BlobStore,
+        *,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.genesis = genesis
+        self.store = store
+        self.blobs = blobs
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._waiters: dict[str, list[Future[TxResult]]] = {}
+        self._listeners: list[BlockListener] = []
+        self._orderer: Orderer | None = None
+        self._orderer_id: str | None = None
+        self._orderer_signer: Signer | None = None
+        head = store.head()
+        if head is None:
+            raise NodeError("the store holds no chain; run rekam init first")
+        block = store.get_block(head[0])
+        assert block is not None
+        self._head = ChainHead(head[0], head[1], block.time)
+
+    # -- wiring ---------------------------------------------------------------------------
+
+    def attach_orderer(self, orderer: Orderer, orderer_id: str, signer: Signer) -> None:
+        """Use an orderer; blocks this node cuts are signed by ``orderer_id``'s signer."""
+        self._orderer = orderer
+        self._orderer_id = orderer_id
+        self._orderer_signer = signer
+
+    def add_listener(self, listener: BlockListener) -> None:
+        """Call ``listener`` after each committed block (for local side effects)."""
+        self._listeners.append(listener)
+
+    @property
+    def head(self) -> ChainHead:
+        """The last committed block."""
+        return self._head
+
+    @property
+    def network_id(self) -> str:
+        """The network this node belongs to."""
+        return self.genesis.network_id
+
+    # -- submitting -----------------------------------------------------------------------
+
+    def submit(self, tx: Transaction) -> Future[TxResult]:
+        """Queue a transaction; the future resolves with its result once durably committed."""
+        future: Future[TxResult] = Future()
+        with self._lock:
+            stored = self.store.get_tx(tx.tx_id)
+            if stored is not None:
+                future.set_result(TxResult(tx.tx_id, tx.type, stored.valid, stored.code))
+                return future
+            waiting = self._waiters.get(tx.tx_id)
+            self._waiters.setdefault(tx.tx_id, []).append(future)
+            if waiting:
+                return future  # already queued: the same commit answers both
+        if self._orderer is None:
+            raise NodeError("this node has no orderer attached")
+        self._orderer.submit(tx)
+        return future
+
+    def submit_wait(self, tx: Transaction, timeout: float = 30.0) -> TxResult:
+        """Submit and block until the transaction is committed."""
+        try:
+            return self.submit(tx).result(timeout)
+        except TimeoutError:
+            raise NotCommittedError("transaction was not committed in time") from None
+
+    def submit_many(self, txs: Iterable[Transaction]) -> list[Future[TxResult]]:
+        """Submit several transactions; futures in the same order."""
+        return [self.submit(tx) for tx in txs]
+
+    # -- committing -----------------------------------------------------------------------
+
+    def cut(self, txs: list[Transaction]) -> None:
+        """Build, sign and commit a block of ordered transactions (the solo orderer's hook)."""
+        assert self._orderer_id is not None and self._orderer_signer is not None
+        unique: dict[str, Transaction] = {}
+        for tx in txs:
+            unique.setdefault(tx.tx_id, tx)
+        batch = list(unique.values())
+        head = self._head
+        block = cut_block(
+            self.network_id,
+            head.height + 1,
+            head.hash,
+            max(self.clock(), head.time),
+            batch,
+            self._orderer_id,
+            self._orderer_signer,
+        )
+        self.commit(block, batch)
+
+    def commit(self, block: Block, txs: list[Transaction] | None = None) -> BlockResult:
+        """Validate a block against the current state and store it atomically."""
+        try:
+            with self._lock:
+                orgs = [key for key, _ in self.store.state_rows("org")]
+                result = apply_block(
+                    self.store,
+                    self.genesis,
+                    self._head,
+                    block,
+                    orgs,
+                    txs=txs,
+                )
+                self.store.append_block(block, result.results, result.delta)
+                self._head = ChainHead(block.height, block.hash, block.time)
+        except Exception as exc:
+            self._fail(block, exc)
+            raise
+        # Local side effects (shredding, key sharing) finish before anyone is told the
+        # block committed, so a caller never sees a grant whose keys are not shared yet.
+        for listener in self._listeners:
+            try:
+                listener(block, result)
+            except Exception:
+                log.exception("block listener failed at height %d", block.height)
+        self._resolve(result)
+        return result
+
+    def _resolve(self, result: BlockResult) -> None:
+        with self._lock:
+            ready = [(r, self._waiters.pop(r.tx_id, [])) for r in result.results]
+        for tx_result, futures in ready:
+            for future in futures:
+                if not future.done():
+                    future.set_result(tx_result)
+
+    def _fail(self, block: Block, exc: Exception) -> None:
+        with self._lock:
+            failed: list[Future[TxResult]] = []
+            for raw in block.txs:
+                try:
+                    tx_id = Transaction.decode(raw).tx_id
+                except Exception:
+                    tx_id = hashlib.sha256(raw).hexdigest()
+                failed.extend(self._waiters.pop(tx_id, []))
+        error = NotCommittedError(f"block {block.height} was not committed: {type(exc).__name__}")
+        for future in failed:
+            if not future.done():
+                future.set_exception(error)
+
+    def close(self) -> None:
+        """Stop the orderer (flushing queued transactions) and release the store."""
+        if self._orderer is not None:
+            self._orderer.close()
+            self._orderer = None
+        self.store.close()
+

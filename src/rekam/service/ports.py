@@ -1,0 +1,159 @@
+"""Interfaces the service layer needs from the outside world; adapters implement them.
+
+Storage (``rekam.storage``) and the blob store (``rekam.blobs``) are plugged in through these
+protocols, so the service and ledger layers never import a database driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rekam.ledger.block import Block, Checkpoint
+from rekam.ledger.state import Delta, MemoryState, Row, StateReader
+from rekam.ledger.tx import Transaction
+from rekam.ledger.validate import TxResult
+
+
+@dataclass(frozen=True)
+class TxRecord:
+    """A committed transaction as stored: its bytes, position and validity."""
+
+    tx_id: str
+    raw: bytes
+    height: int
+    index: int
+    valid: bool
+    code: str
+
+
+# What a block commit stores per transaction besides its bytes: the validator's result.
+CommittedTx = TxResult
+
+
+class StoreError(Exception):
+    """Root of storage errors."""
+
+
+class SchemaVersionError(StoreError):
+    """The data folder was written by another schema version and cannot be used as is."""
+
+
+class ConflictError(StoreError):
+    """A block for this height exists already (another writer got there first)."""
+
+
+class ChainStore(StateReader, Protocol):
+    """A node's durable chain, state tables and off-chain keyring."""
+
+    def initialise(self, genesis: Block, delta: Delta | None = None) -> None:
+        """Create the schema and store the genesis block and its state; refuses a non-empty store."""
+        ...
+
+    def head(self) -> tuple[int, str] | None:
+        """(height, hash) of the last block, or None before genesis."""
+        ...
+
+    def append_block(self, block: Block, txs: Sequence[CommittedTx], delta: Delta) -> None:
+        """Atomically store a block, its transaction results and its state writes."""
+        ...
+
+    def get_block(self, height: int) -> Block | None:
+        """The block at a height."""
+        ...
+
+    def iter_blocks(self, start: int = 0, end: int | None = None) -> Iterator[Block]:
+        """Blocks from start up to (excluding) end, in order, streamed."""
+        ...
+
+    def get_tx(self, tx_id: str) -> TxRecord | None:
+        """A committed transaction by id."""
+        ...
+
+    def block_txs(self, height: int) -> list[TxRecord]:
+        """The stored results of a block's transactions, in block order."""
+        ...
+
+    def state_rows(self, table: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every (key, row) of a state table, ordered by key."""
+        ...
+
+    def query(
+        self, table: str, where: Mapping[str, Any], order_by: str | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Rows of a state table whose columns equal the given values."""
+        ...
+
+    def replace_state(self, state: MemoryState) -> None:
+        """Atomically replace every state table with recomputed rows (``rekam rebuild``)."""
+        ...
+
+    def put_wrapped_keys(self, entries: Sequence[tuple[str, int, str, bytes]]) -> None:
+        """Store (record, version, recipient, wrapped key) entries, replacing equal keys."""
+        ...
+
+    def get_wrapped_key(self, record: str, version: int, recipient: str) -> bytes | None:
+        """One recipient's wrapped key for a record version."""
+        ...
+
+    def delete_wrapped_keys(self, record: str | None = None, recipient: str | None = None) -> int:
+        """Delete wrapped keys of a record and/or a recipient; returns how many went."""
+        ...
+
+    def put_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Store or merge signatures into the checkpoint at its height."""
+        ...
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The highest stored checkpoint."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class BlobStore(Protocol):
+    """Content-addressed store of encrypted record content."""
+
+    def put(self, data: bytes) -> str:
+        """Store bytes durably and atomically; returns their SHA-256 hex."""
+        ...
+
+    def get(self, digest: str) -> bytes | None:
+        """The bytes with this digest, or None."""
+        ...
+
+    def delete(self, digest: str) -> bool:
+        """Remove content (erasure); True when something was deleted."""
+        ...
+
+    def iter_digests(self) -> Iterator[str]:
+        """Every stored digest."""
+        ...
+
+
+__all__ = [
+    "BlobStore",
+    "ChainStore",
+    "CommittedTx",
+    "ConflictError",
+    "Orderer",
+    "Row",
+    "SchemaVersionError",
+    "StoreError",
+    "TxRecord",
+]
+
+
+class Orderer(Protocol):
+    """Puts submitted transactions into an order and hands blocks to the node."""
+
+    def submit(self, tx: Transaction) -> None:
+        """Queue a decoded transaction for ordering (idempotency is the node's job)."""
+        ...
+
+    def close(self) -> None:
+        """Stop ordering; blocks already cut are delivered before this returns."""
+        ...

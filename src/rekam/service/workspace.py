@@ -1,0 +1,191 @@
+"""The composition root: a node opened on a data folder, with its adapters wired in.
+
+``Workspace.create`` founds a new embedded network (genesis, organisation keys, store);
+``Workspace.open`` opens an existing folder. The workspace holds the node's own organisation
+identities (loaded through signer references, never from the database) and hands out the
+use-case services. It is the only place that picks concrete adapters.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rekam.blobs import DirectoryBlobStore
+from rekam.crypto import Identity, load_identity
+from rekam.encoding import b64e
+from rekam.ledger.block import Genesis, genesis_block
+from rekam.ledger.tx import ORG_KINDS, ORG_RE, id_kind
+from rekam.ledger.validate import genesis_delta
+from rekam.ordering.solo import SoloOrderer
+from rekam.service.datadir import CONFIG_FORMAT, DataDir, DataDirError, FolderLock
+from rekam.service.node import Node, now_ms
+from rekam.storage import open_store
+
+
+@dataclass(frozen=True)
+class Actor:
+    """A principal acting through this node, with its keys unlocked for this session."""
+
+    id: str
+    identity: Identity
+
+    @property
+    def kind(self) -> str:
+        """org, member or patient."""
+        return str(id_kind(self.id))
+
+
+@dataclass(frozen=True)
+class OrgSpec:
+    """A founding organisation: its public slug, kind and display label."""
+
+    org: str
+    kind: str
+    label: str
+
+    def check(self) -> None:
+        """Raise DataDirError for an unusable slug or kind."""
+        if not ORG_RE.match(self.org):
+            raise DataDirError(f"organisation id {self.org!r} must be a lowercase slug (a-z, 0-9, -)")
+        if self.kind not in ORG_KINDS:
+            raise DataDirError(f"organisation kind must be one of {', '.join(ORG_KINDS)}")
+
+
+class Workspace:
+    """A node on a data folder: store, blobs, node, orderer and local organisation keys."""
+
+    def __init__(self, datadir: DataDir, node: Node, orgs: dict[str, Identity], lock: FolderLock) -> None:
+        self.datadir = datadir
+        self.node = node
+        self.org_identities = orgs
+        self._lock = lock
+        from rekam.service.admin import AdminService
+        from rekam.service.audit import AuditService
+        from rekam.service.consent import ConsentService
+        from rekam.service.records import RecordService
+
+        self.records = RecordService(self)
+        self.consent = ConsentService(self)
+        self.admin = AdminService(self)
+        self.audit = AuditService(self)
+        node.add_listener(self.records.on_block)
+        node.add_listener(self.consent.on_block)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        network_name: str,
+        orgs: Sequence[OrgSpec],
+        *,
+        kdf: str = "standard",
+        store_url: str | None = None,
+        block_max_txs: int = 500,
+        block_max_wait_ms: int = 20,
+    ) -> Workspace:
+        """Found a new network in an empty folder: keys, genesis, store; then open it."""
+        for spec in orgs:
+            spec.check()
+        if len({o.org for o in orgs}) != len(orgs):
+            raise DataDirError("organisation ids must be distinct")
+        root.mkdir(parents=True, exist_ok=True)
+        datadir = DataDir(root)
+        if datadir.exists() or any(p.name != "rekam.lock" for p in root.iterdir()):
+            raise DataDirError(f"{root} is not empty; choose a new folder")
+        config: dict[str, Any] = {
+            "format": CONFIG_FORMAT,
+            "store": store_url or "sqlite:///chain.db",
+            "kdf": kdf,
+            "orderer": orgs[0].org,
+            "orgs": {},
+            "block_max_txs": block_max_txs,
+            "block_max_wait_ms": block_max_wait_ms,
+        }
+        datadir.write_config(config)
+        founding = []
+        for spec in orgs:
+            passphrase = secrets.token_urlsafe(24)
+            sign_pub, enc_pub = datadir.create_keystore(spec.org, passphrase, label=spec.org)
+            secret = datadir.write_secret(spec.org, passphrase)
+            config["orgs"][spec.org] = (
+                f"{datadir.keystore_uri(spec.org)}?passphrase-file={secret.relative_to(root)}"
+            )
+            datadir.set_label(spec.org, spec.label)
+            founding.append(
+                {"org": spec.org, "kind": spec.kind, "sign_key": b64e(sign_pub), "enc_key": b64e(enc_pub)}
+            )
+        genesis = Genesis.create(network_name, now_ms(), founding, [o.org for o in orgs])
+        config["network"] = genesis.network_id
+        datadir.write_config(config)
+        datadir.genesis_path.write_bytes(genesis.to_bytes())
+        store = open_store(datadir.store_url())
+        try:
+            store.initialise(genesis_block(genesis), genesis_delta(genesis))
+        finally:
+            store.close()
+        return cls.open(root)
+
+    @classmethod
+    def open(cls, root: Path, *, wait_for_lock: bool = True) -> Workspace:
+        """Open an existing data folder and start its node and solo orderer."""
+        datadir = DataDir(root)
+        config = datadir.config()
+        lock = FolderLock(root, wait=wait_for_lock).__enter__()
+        try:
+            genesis = Genesis.from_bytes(datadir.genesis_path.read_bytes())
+            if genesis.network_id != config.get("network"):
+                raise DataDirError("genesis.json does not match the network id in rekam.json")
+            store = open_store(datadir.store_url())
+            node = Node(genesis, store, DirectoryBlobStore(datadir.blob_dir))
+            orgs = {org: load_identity(uri, root) for org, uri in config["orgs"].items()}
+            orderer_id = config["orderer"]
+            orderer = SoloOrderer(
+                node.cut,
+                max_txs=min(int(config.get("block_max_txs", 500)), genesis.policy["max_block_txs"]),
+                max_wait=int(config.get("block_max_wait_ms", 20)) / 1000,
+            )
+            node.attach_orderer(orderer, orderer_id, orgs[orderer_id].signer)
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+        workspace = cls(datadir, node, orgs, lock)
+        workspace.records.reconcile_erasures()
+        return workspace
+
+    def close(self) -> None:
+        """Flush the orderer, close the store and release the folder lock."""
+        try:
+            self.node.close()
+        finally:
+            self._lock.__exit__(None, None, None)
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- principals -----------------------------------------------------------------------
+
+    def actor(self, principal: str, passphrase: str | None = None) -> Actor:
+        """Unlock a principal: a local organisation, or a member/patient with a passphrase."""
+        if principal in self.org_identities:
+            return Actor(principal, self.org_identities[principal])
+        if passphrase is None:
+            raise DataDirError("a passphrase is needed to act as this member or patient")
+        path = self.datadir.keystore_path(principal)
+        if not path.is_file():
+            raise DataDirError("no keystore for this principal in this data folder")
+        identity = load_identity(self.datadir.keystore_uri(principal), self.datadir.root, passphrase=passphrase)
+        return Actor(principal, identity)
+
+    @property
+    def genesis(self) -> Genesis:
+        """The network's genesis."""
+        return self.node.genesis

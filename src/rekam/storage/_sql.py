@@ -1,0 +1,907 @@
+"""SqlChainStore: the chain, state tables and keyring of a node in one SQL database.
+
+The same SQLAlchemy Core code runs on SQLite (the embedded default) and PostgreSQL; the only
+backend-specific lines are in :func:`open_store` (connection setup: SQLite pragmas, and how
+a write transaction begins).
+
+Transactions are explicit: the store keeps one connection in driver autocommit mode, so
+every read sees the latest committed state without holding a snapshot open, and every write
+runs between an explicit ``BEGIN`` (``BEGIN IMMEDIATE`` on SQLite, so writers queue on the
+lock instead of failing on upgrade) and ``COMMIT``. A failure or a crash before ``COMMIT``
+leaves the database as it was.
+
+Threads: a store is NOT thread-safe. It holds a single connection and in-memory caches; use
+it from one thread at a time (the node serialises access to it). Several stores, in one
+process or many, may share a database: ``append_block`` checks the head inside its
+transaction, so only one of them can extend the chain at a given height.
+
+Caches: the small identity tables (org, member, patient) are cached without bound and kept
+up to date write-through by ``append_block``; other rows and transaction ids are cached per
+block (filled by ``prefetch`` and by reads) and dropped whenever state changes. The caches
+assume this store is the only writer of the state it reads; when another writer is noticed
+(``append_block`` finds a head it did not write) every cache is dropped.
+
+Errors never carry stored values: messages name tables, columns and heights only, and
+SQLAlchemy is told to hide statement parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    Table,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+
+from rekam.encoding import canonical, parse
+from rekam.ledger.block import ZERO_HASH, Block, Checkpoint
+from rekam.ledger.state import TABLES, Delta, MemoryState, Row, TableSpec
+from rekam.service.ports import (
+    CommittedTx,
+    ConflictError,
+    SchemaVersionError,
+    StoreError,
+    TxRecord,
+)
+from rekam.storage import _schema as sc
+from rekam.storage import migrations
+
+log = logging.getLogger(__name__)
+
+#: State tables read on almost every transaction, cached whole-row without bound.
+IDENTITY_TABLES = frozenset({"org", "member", "patient"})
+#: Most bound parameters in one ``IN (...)`` list.
+MAX_PARAMS = 500
+# IN lists are padded to one of these lengths, so a few statements serve every size.
+_IN_SIZES = (1, 8, 32, 128, MAX_PARAMS)
+_BLOCK_CACHE_LIMIT = 100_000
+_ITER_BLOCKS_CHUNK = 64
+_STATE_ROWS_CHUNK = 1000
+_INSERT_CHUNK = 1000
+_GENESIS_TX_TYPE = "genesis"
+
+_T = TypeVar("_T")
+_CachedRow = dict[str, Any]
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of a SQLite database file (made absolute)."""
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def open_store(url: str) -> SqlChainStore:
+    """Open (without initialising) the store at a SQLAlchemy URL.
+
+    ``sqlite:////abs/path/chain.db`` or ``postgresql+psycopg://user@host:port/db``
+    (``postgresql://`` is taken to mean psycopg 3). Raises SchemaVersionError when the
+    database was written by an incompatible Rekam or is not a Rekam store.
+    """
+    sa_url = make_url(url)
+    if sa_url.drivername == "postgresql":
+        sa_url = sa_url.set(drivername="postgresql+psycopg")
+    backend = sa_url.get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(
+            sa_url,
+            isolation_level="AUTOCOMMIT",
+            hide_parameters=True,
+            connect_args={"cached_statements": 256},
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        begin_sql = "BEGIN IMMEDIATE"
+    elif backend == "postgresql":
+        engine = create_engine(
+            sa_url,
+            isolation_level="AUTOCOMMIT",
+            hide_parameters=True,
+            connect_args={"application_name": "rekam"},
+        )
+        begin_sql = "BEGIN"
+    else:
+        raise StoreError(f"unsupported database backend {backend!r} (use sqlite or postgresql)")
+    try:
+        return SqlChainStore(engine, begin_sql)
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _padded(keys: Sequence[str]) -> list[str]:
+    """Pad an IN list to a standard length by repeating its last key (harmless in IN)."""
+    size = next(n for n in _IN_SIZES if n >= len(keys))
+    return [*keys, *([keys[-1]] * (size - len(keys)))]
+
+
+def _db_detail(exc: BaseException) -> str:
+    """A value-free description of a database error: SQLSTATE, SQLite error name or class."""
+    orig = getattr(exc, "orig", None) or exc
+    for attr in ("sqlstate", "sqlite_errorname"):
+        value = getattr(orig, attr, None)
+        if isinstance(value, str) and value:
+            return f"{type(orig).__name__} {value}"
+    return type(orig).__name__
+
+
+class _Codec:
+    """Converts one state table's rows between Python values and SQL parameters."""
+
+    def __init__(self, spec: TableSpec) -> None:
+        self.spec = spec
+        self.table_name = sc.STATE_PREFIX + spec.name
+        self.columns = spec.column_names()
+        self.lists = tuple(c for c, kind, _ in spec.columns if kind == "strlist")
+        self.bools = tuple(c for c, kind, _ in spec.columns if kind == "bool")
+        self.kinds = {c: kind for c, kind, _ in spec.columns}
+
+    def encode(self, key: str, row: Mapping[str, Any]) -> dict[str, Any]:
+        """SQL parameters for a row; types are checked so both backends store the same."""
+        if not isinstance(key, str):
+            raise StoreError(f"{self.table_name}: keys must be strings")
+        if set(row) != set(self.columns):
+            raise StoreError(f"{self.table_name}: row has the wrong columns")
+        out: dict[str, Any] = {"key": key}
+        for column in self.columns:
+            value = row[column]
+            if value is not None:
+                value = self.encode_value(column, value)
+            out[column] = value
+        return out
+
+    def encode_value(self, column: str, value: Any) -> Any:
+        kind = self.kinds[column]
+        ok = (
+            (kind == "str" and isinstance(value, str))
+            or (kind == "int" and type(value) is int)
+            or (kind == "bool" and type(value) is bool)
+            or (
+                kind == "strlist"
+                and isinstance(value, list)
+                and all(isinstance(v, str) for v in value)
+            )
+        )
+        if not ok:
+            raise StoreError(f"{self.table_name}.{column} must hold a {kind}")
+        if kind == "strlist":
+            return canonical(value).decode("utf-8")
+        return value
+
+    def decode(self, mapping: Mapping[Any, Any]) -> tuple[str, _CachedRow]:
+        """(key, row) from a result row: strlist columns as lists, booleans as bool."""
+        row = dict(mapping)
+        key = row.pop("key")
+        for column in self.lists:
+            if row[column] is not None:
+                row[column] = json.loads(row[column])
+        for column in self.bools:
+            if row[column] is not None:
+                row[column] = bool(row[column])
+        return key, row
+
+    def normalise(self, key: str, row: Mapping[str, Any]) -> _CachedRow:
+        """A row exactly as it reads back after being written."""
+        return self.decode(self.encode(key, row))[1]
+
+
+def _copy(row: _CachedRow) -> dict[str, Any]:
+    """A caller's own copy of a cached row (lists copied too)."""
+    return {k: (list(v) if isinstance(v, list) else v) for k, v in row.items()}
+
+
+class SqlChainStore:
+    """A ChainStore (and Prefetching StateReader) on SQLite or PostgreSQL.
+
+    Use from one thread at a time; see the module documentation.
+    """
+
+    def __init__(self, engine: Engine, begin_sql: str = "BEGIN") -> None:
+        self._engine = engine
+        self._begin_sql = begin_sql
+        self._codecs = {spec.name: _Codec(spec) for spec in TABLES}
+        self._identity: dict[str, dict[str, _CachedRow | None]] = {
+            name: {} for name in IDENTITY_TABLES
+        }
+        self._block_rows: dict[tuple[str, str], _CachedRow | None] = {}
+        self._block_txs: dict[str, bool] = {}
+        self._initialised = False
+        self._closed = False
+        self._stage = ""
+        self._build_statements()
+        try:
+            self._conn = engine.connect()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not open the store ({_db_detail(exc)})") from None
+        try:
+            self._check_schema()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- statements ------------------------------------------------------------------------
+
+    def _build_statements(self) -> None:
+        self._get_one: dict[str, Select[Any]] = {}
+        self._get_many: dict[str, Select[Any]] = {}
+        for name, table in sc.state_tables.items():
+            self._get_one[name] = select(table).where(table.c.key == bindparam("k"))
+            self._get_many[name] = select(table).where(
+                table.c.key.in_(bindparam("ks", expanding=True))
+            )
+        txs = sc.txs
+        self._tx_one = select(txs.c.tx_id).where(txs.c.tx_id == bindparam("k"))
+        self._tx_many = select(txs.c.tx_id).where(txs.c.tx_id.in_(bindparam("ks", expanding=True)))
+        blocks = sc.blocks
+        self._head_stmt = (
+            select(blocks.c.height, blocks.c.hash).order_by(blocks.c.height.desc()).limit(1)
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the connection; the store cannot be used afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._conn.close()
+        finally:
+            self._engine.dispose()
+
+    def __enter__(self) -> SqlChainStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_schema(self) -> None:
+        """Find out whether the database is empty, a usable Rekam store, or neither."""
+        with self._reading("reading the schema"):
+            names = set(inspect(self._conn).get_table_names())
+        if sc.meta.name not in names:
+            if names:
+                raise SchemaVersionError(
+                    "the database is not a Rekam store: it holds tables but no Rekam meta table"
+                )
+            self._initialised = False
+            return
+        with self._reading("reading the schema version"):
+            found = self._schema_version(self._conn)
+        target = migrations.SCHEMA_VERSION
+        if found != target:
+            migrations.plan(found, target)  # refuse before touching anything
+            self._migrate(target)
+        self._initialised = True
+
+    @staticmethod
+    def _schema_version(conn: Connection, for_update: bool = False) -> int:
+        stmt = select(sc.meta.c.value).where(sc.meta.c.key == "schema_version")
+        if for_update:
+            stmt = stmt.with_for_update()
+        value = conn.execute(stmt).scalar()
+        if value is None:
+            raise SchemaVersionError(
+                "the database is not a Rekam store: its meta table has no schema version"
+            )
+        try:
+            return int(value)
+        except ValueError:
+            raise SchemaVersionError(
+                "the database is not a Rekam store: its schema version is not a number"
+            ) from None
+
+    def _migrate(self, target: int) -> None:
+        try:
+            with self._transaction() as conn:
+                found = self._schema_version(conn, for_update=True)
+                for version, step in migrations.plan(found, target):
+                    log.info(
+                        "migrating the store schema from version %d to %d", version - 1, version
+                    )
+                    step(conn)
+                    conn.execute(
+                        update(sc.meta)
+                        .where(sc.meta.c.key == "schema_version")
+                        .values(value=str(version))
+                    )
+        except SQLAlchemyError as exc:
+            self._fail(exc, f"migrating the store schema to version {target}")
+
+    def _refresh(self) -> bool:
+        """True when the store holds a chain (re-checks if it was empty when opened)."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        if not self._initialised:
+            self._check_schema()
+        return self._initialised
+
+    def _require_initialised(self) -> None:
+        if not self._refresh():
+            raise StoreError("the store is not initialised (no genesis block)")
+
+    # -- transactions and errors -----------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """One database transaction on the store's connection; rolls back on any error."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        conn = self._conn
+        conn.exec_driver_sql(self._begin_sql)
+        try:
+            yield conn
+            conn.exec_driver_sql("COMMIT")
+        except BaseException:
+            self._rollback_quietly()
+            raise
+
+    def _rollback_quietly(self) -> None:
+        try:
+            self._conn.exec_driver_sql("ROLLBACK")
+        except SQLAlchemyError:
+            # The connection is gone or the transaction ended already; a lost connection
+            # aborts its transaction on the server.
+            self._reset_connection()
+
+    def _reset_connection(self) -> None:
+        """After a lost connection, let SQLAlchemy reconnect on next use."""
+        try:
+            self._conn.rollback()
+        except SQLAlchemyError:
+            log.debug("store connection reset failed", exc_info=False)
+
+    def _fail(self, exc: SQLAlchemyError, what: str) -> NoReturn:
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            self._reset_connection()
+        self._drop_caches()
+        raise StoreError(f"{what} failed ({_db_detail(exc)})") from None
+
+    @contextmanager
+    def _reading(self, what: str) -> Iterator[None]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            self._fail(exc, what)
+
+    # -- caches ----------------------------------------------------------------------------
+
+    def _drop_caches(self) -> None:
+        for cache in self._identity.values():
+            cache.clear()
+        self._clear_block_cache()
+
+    def _clear_block_cache(self) -> None:
+        self._block_rows.clear()
+        self._block_txs.clear()
+
+    def _remember(self, table: str, key: str, row: _CachedRow | None) -> None:
+        if table in IDENTITY_TABLES:
+            self._identity[table][key] = row
+            return
+        if len(self._block_rows) >= _BLOCK_CACHE_LIMIT:
+            self._block_rows.clear()
+        self._block_rows[(table, key)] = row
+
+    # -- StateReader and Prefetching -------------------------------------------------------
+
+    def get(self, table: str, key: str) -> Row | None:
+        """The state row with this key as of the chain head, or None."""
+        if table in IDENTITY_TABLES:
+            cache = self._identity[table]
+            if key in cache:
+                hit = cache[key]
+                return None if hit is None else _copy(hit)
+        elif (table, key) in self._block_rows:
+            hit = self._block_rows[(table, key)]
+            return None if hit is None else _copy(hit)
+        stmt = self._get_one.get(table)
+        if stmt is None:
+            raise KeyError(f"unknown state table {table}")
+        if not self._initialised and not self._refresh():
+            return None
+        with self._reading(f"reading {sc.STATE_PREFIX}{table}"):
+            found = self._conn.execute(stmt, {"k": key}).mappings().first()
+        row = None if found is None else self._codecs[table].decode(found)[1]
+        self._remember(table, key, row)
+        return None if row is None else _copy(row)
+
+    def tx_seen(self, tx_id: str) -> bool:
+        """True when a transaction with this id is in the chain (valid or not)."""
+        seen = self._block_txs.get(tx_id)
+        if seen is not None:
+            return seen
+        if not self._initialised and not self._refresh():
+            return False
+        with self._reading("reading txs"):
+            seen = self._conn.execute(self._tx_one, {"k": tx_id}).first() is not None
+        self._block_txs[tx_id] = seen
+        return seen
+
+    def prefetch(self, wanted: Mapping[str, Iterable[str]], tx_ids: Iterable[str]) -> None:
+        """Load the listed rows and transaction ids with a few ``IN`` queries."""
+        for table in wanted:
+            if table not in self._get_many:
+                raise KeyError(f"unknown state table {table}")
+        if not self._initialised and not self._refresh():
+            return
+        for table, keys in wanted.items():
+            if table in IDENTITY_TABLES:
+                known: Mapping[str, Any] = self._identity[table]
+                missing = sorted({k for k in keys if k not in known})
+            else:
+                missing = sorted({k for k in keys if (table, k) not in self._block_rows})
+            codec = self._codecs[table]
+            for chunk in _chunks(missing, MAX_PARAMS):
+                with self._reading(f"reading {sc.STATE_PREFIX}{table}"):
+                    result = self._conn.execute(self._get_many[table], {"ks": _padded(chunk)})
+                    found = dict(codec.decode(m) for m in result.mappings())
+                for key in chunk:
+                    self._remember(table, key, found.get(key))
+        ids = sorted({t for t in tx_ids if t not in self._block_txs})
+        for chunk in _chunks(ids, MAX_PARAMS):
+            with self._reading("reading txs"):
+                present = set(self._conn.execute(self._tx_many, {"ks": _padded(chunk)}).scalars())
+            for tx_id in chunk:
+                self._block_txs[tx_id] = tx_id in present
+
+    # -- chain -----------------------------------------------------------------------------
+
+    def head(self) -> tuple[int, str] | None:
+        """(height, hash) of the last block, or None before genesis."""
+        if not self._refresh():
+            return None
+        with self._reading("reading the chain head"):
+            row = self._conn.execute(self._head_stmt).first()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def network_id(self) -> str | None:
+        """The network id recorded at initialisation, or None before genesis."""
+        if not self._refresh():
+            return None
+        with self._reading("reading meta"):
+            value = self._conn.execute(
+                select(sc.meta.c.value).where(sc.meta.c.key == "network")
+            ).scalar()
+        return None if value is None else str(value)
+
+    def schema_version(self) -> int | None:
+        """The schema version of the database, or None when it is empty."""
+        if not self._refresh():
+            return None
+        with self._reading("reading meta"):
+            return self._schema_version(self._conn)
+
+    def initialise(self, genesis: Block, delta: Delta | None = None) -> None:
+        """Create the schema and store the genesis block (and, optionally, its state writes).
+
+        The genesis document is the block's single transaction; its id is the SHA-256 hex of
+        the document bytes. Refuses a database that holds anything already.
+        """
+        if genesis.height != 0 or genesis.prev != ZERO_HASH or len(genesis.txs) != 1:
+            raise StoreError("a genesis block has height 0, a zero prev hash and one document")
+        if self._refresh():
+            raise StoreError("the store is initialised already")
+        raw = genesis.txs[0]
+        tx = CommittedTx(hashlib.sha256(raw).hexdigest(), _GENESIS_TX_TYPE, True, "ok")
+        self._stage = "creating the schema"
+        try:
+            with self._transaction() as conn:
+                if inspect(conn).get_table_names():
+                    raise StoreError("the store is initialised already")
+                sc.metadata.create_all(conn)
+                self._stage = "writing meta"
+                conn.execute(
+                    insert(sc.meta),
+                    [
+                        {"key": "schema_version", "value": str(migrations.SCHEMA_VERSION)},
+                        {"key": "network", "value": str(genesis.header["network"])},
+                    ],
+                )
+                self._write_block(conn, genesis, [tx], delta or Delta())
+        except SQLAlchemyError as exc:
+            self._fail(exc, f"initialising the store ({self._stage})")
+        self._initialised = True
+        self._drop_caches()
+        log.info("store initialised with the genesis block")
+
+    def append_block(self, block: Block, txs: Sequence[CommittedTx], delta: Delta) -> None:
+        """Atomically store a block, its transaction results and its state writes.
+
+        Raises ConflictError unless the block extends the current head (checked inside the
+        transaction; the primary key on height settles races between writers).
+        """
+        if len(txs) != len(block.txs):
+            raise StoreError(f"block {block.height}: one result per transaction is needed")
+        self._require_initialised()
+        height = block.height
+        self._stage = "reading the head"
+        try:
+            with self._transaction() as conn:
+                head = conn.execute(self._head_stmt).first()
+                if head is None or height != head[0] + 1 or block.prev != head[1]:
+                    at = "none" if head is None else str(head[0])
+                    raise ConflictError(
+                        f"block {height} does not extend the chain head (height {at})"
+                    )
+                self._write_block(conn, block, txs, delta)
+        except ConflictError:
+            self._drop_caches()
+            raise
+        except IntegrityError as exc:
+            if self._stage == "blocks":
+                self._drop_caches()
+                raise ConflictError(f"block {height} was stored by another writer") from None
+            self._fail(exc, f"storing block {height} ({self._stage})")
+        except SQLAlchemyError as exc:
+            self._fail(exc, f"storing block {height} ({self._stage})")
+        except BaseException:
+            self._drop_caches()
+            raise
+        self._clear_block_cache()
+        for table in IDENTITY_TABLES:
+            rows = delta.tables.get(table, {})
+            if rows:
+                codec, cache = self._codecs[table], self._identity[table]
+                for key, row in rows.items():
+                    cache[key] = codec.normalise(key, row)
+        log.debug("stored block %d with %d transactions", height, len(txs))
+
+    def _write_block(
+        self, conn: Connection, block: Block, txs: Sequence[CommittedTx], delta: Delta
+    ) -> None:
+        """Insert a block, its transactions and its state writes (``_stage`` tracks where)."""
+        height = block.height
+        self._stage = "blocks"
+        conn.execute(
+            insert(sc.blocks),
+            {
+                "height": height,
+                "hash": block.hash,
+                "prev": block.prev,
+                "time": block.time,
+                "tx_count": len(block.txs),
+                "header": block.header_bytes,
+                "signature": bytes(block.signature),
+            },
+        )
+        self._stage = "txs"
+        rows = [
+            {
+                "tx_id": result.tx_id,
+                "height": height,
+                "idx": idx,
+                "type": result.tx_type,
+                "raw": bytes(raw),
+                "valid": bool(result.valid),
+                "code": result.code,
+            }
+            for idx, (raw, result) in enumerate(zip(block.txs, txs, strict=True))
+        ]
+        if rows:
+            conn.execute(insert(sc.txs), rows)
+        for table, written in delta.tables.items():
+            if written:
+                self._stage = sc.STATE_PREFIX + table
+                self._upsert(conn, table, written)
+
+    def _upsert(
+        self, conn: Connection, table: str, written: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        """Replace rows by key: delete the keys, then insert the new rows (any backend)."""
+        codec = self._codecs[table]
+        sql_table = sc.state_tables[table]
+        params = [codec.encode(key, row) for key, row in written.items()]
+        keys = [p["key"] for p in params]
+        stmt = delete(sql_table).where(sql_table.c.key.in_(bindparam("ks", expanding=True)))
+        for chunk in _chunks(keys, MAX_PARAMS):
+            conn.execute(stmt, {"ks": list(chunk)})
+        for part in _chunks(params, _INSERT_CHUNK):
+            conn.execute(insert(sql_table), list(part))
+
+    def get_block(self, height: int) -> Block | None:
+        """The block at a height, or None."""
+        blocks = list(self.iter_blocks(height, height + 1)) if height >= 0 else []
+        return blocks[0] if blocks else None
+
+    def iter_blocks(self, start: int = 0, end: int | None = None) -> Iterator[Block]:
+        """Blocks from start up to (excluding) end, in order, read in chunks."""
+        if not self._refresh():
+            return
+        if end is None:
+            head = self.head()
+            if head is None:
+                return
+            end = head[0] + 1
+        blocks, txs = sc.blocks, sc.txs
+        low = max(start, 0)
+        while low < end:
+            high = min(low + _ITER_BLOCKS_CHUNK, end)
+            with self._reading(f"reading blocks {low} to {high - 1}"):
+                headers = self._conn.execute(
+                    select(blocks.c.height, blocks.c.header, blocks.c.signature)
+                    .where(blocks.c.height >= low, blocks.c.height < high)
+                    .order_by(blocks.c.height)
+                ).all()
+                raws: dict[int, list[bytes]] = {}
+                for h, raw in self._conn.execute(
+                    select(txs.c.height, txs.c.raw)
+                    .where(txs.c.height >= low, txs.c.height < high)
+                    .order_by(txs.c.height, txs.c.idx)
+                ):
+                    raws.setdefault(int(h), []).append(bytes(raw))
+            for h, header, signature in headers:
+                yield Block(parse(bytes(header)), bytes(signature), tuple(raws.get(int(h), ())))
+            if len(headers) < high - low:
+                return  # past the head (or a gap, which the chain never has)
+            low = high
+
+    def get_tx(self, tx_id: str) -> TxRecord | None:
+        """A committed transaction by id (its first occurrence, should it be replayed)."""
+        if not self._refresh():
+            return None
+        t = sc.txs
+        with self._reading("reading txs"):
+            row = self._conn.execute(
+                select(t.c.tx_id, t.c.raw, t.c.height, t.c.idx, t.c.valid, t.c.code)
+                .where(t.c.tx_id == tx_id)
+                .order_by(t.c.height, t.c.idx)
+                .limit(1)
+            ).first()
+        return None if row is None else self._tx_record(row)
+
+    def block_txs(self, height: int) -> list[TxRecord]:
+        """The stored results of a block's transactions, in block order."""
+        if not self._refresh():
+            return []
+        t = sc.txs
+        with self._reading("reading txs"):
+            rows = self._conn.execute(
+                select(t.c.tx_id, t.c.raw, t.c.height, t.c.idx, t.c.valid, t.c.code)
+                .where(t.c.height == height)
+                .order_by(t.c.idx)
+            ).all()
+        return [self._tx_record(r) for r in rows]
+
+    @staticmethod
+    def _tx_record(row: Any) -> TxRecord:
+        tx_id, raw, height, idx, valid, code = row
+        return TxRecord(str(tx_id), bytes(raw), int(height), int(idx), bool(valid), str(code))
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _table(self, table: str) -> Table:
+        sql_table = sc.state_tables.get(table)
+        if sql_table is None:
+            raise KeyError(f"unknown state table {table}")
+        return sql_table
+
+    def state_rows(self, table: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every (key, row) of a state table, ordered by key, read in chunks."""
+        sql_table = self._table(table)
+        if not self._refresh():
+            return
+        codec = self._codecs[table]
+        last: str | None = None
+        while True:
+            stmt = select(sql_table).order_by(sql_table.c.key).limit(_STATE_ROWS_CHUNK)
+            if last is not None:
+                stmt = stmt.where(sql_table.c.key > last)
+            with self._reading(f"reading {sql_table.name}"):
+                rows = [codec.decode(m) for m in self._conn.execute(stmt).mappings()]
+            yield from rows
+            if len(rows) < _STATE_ROWS_CHUNK:
+                return
+            last = rows[-1][0]
+
+    def query(
+        self, table: str, where: Mapping[str, Any], order_by: str | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Rows whose columns equal the given values (None matches NULL), ordered by a column
+        (then key) or by key."""
+        sql_table = self._table(table)
+        codec = self._codecs[table]
+        allowed = {"key", *codec.columns}
+        for column in (*where, *([order_by] if order_by else [])):
+            if column not in allowed:
+                raise KeyError(f"{sql_table.name} has no column {column}")
+        if not self._refresh():
+            return []
+        stmt = select(sql_table)
+        for column, value in where.items():
+            if value is None:
+                stmt = stmt.where(sql_table.c[column].is_(None))
+            elif column == "key":
+                stmt = stmt.where(sql_table.c.key == value)
+            else:
+                stmt = stmt.where(sql_table.c[column] == codec.encode_value(column, value))
+        if order_by and order_by != "key":
+            stmt = stmt.order_by(sql_table.c[order_by])
+        stmt = stmt.order_by(sql_table.c.key)
+        with self._reading(f"querying {sql_table.name}"):
+            return [codec.decode(m) for m in self._conn.execute(stmt).mappings()]
+
+    def replace_state(self, state: MemoryState) -> None:
+        """Atomically replace every state table with the rows of a recomputed state."""
+        self._require_initialised()
+        encoded = {
+            spec.name: [
+                self._codecs[spec.name].encode(key, row)
+                for key, row in sorted(state.tables.get(spec.name, {}).items())
+            ]
+            for spec in TABLES
+        }
+        stage = "state"
+        try:
+            with self._transaction() as conn:
+                for spec in TABLES:
+                    sql_table = sc.state_tables[spec.name]
+                    stage = sql_table.name
+                    conn.execute(delete(sql_table))
+                    for part in _chunks(encoded[spec.name], _INSERT_CHUNK):
+                        conn.execute(insert(sql_table), list(part))
+        except SQLAlchemyError as exc:
+            self._fail(exc, f"replacing state ({stage})")
+        finally:
+            self._drop_caches()
+        log.info("state replaced")
+
+    # -- keyring ---------------------------------------------------------------------------
+
+    def put_wrapped_keys(self, entries: Sequence[tuple[str, int, str, bytes]]) -> None:
+        """Store (record, version, recipient, wrapped key) entries, replacing equal keys."""
+        rows: dict[tuple[str, int, str], bytes] = {}
+        for record, version, recipient, wrapped in entries:
+            if not (
+                isinstance(record, str)
+                and type(version) is int
+                and isinstance(recipient, str)
+                and isinstance(wrapped, bytes | bytearray)
+            ):
+                raise StoreError("wrapped_keys entries are (str, int, str, bytes)")
+            rows[(record, version, recipient)] = bytes(wrapped)
+        if not rows:
+            return
+        self._require_initialised()
+        t = sc.wrapped_keys
+        params = [
+            {"r": r, "v": v, "p": p, "record": r, "version": v, "recipient": p, "wrapped": w}
+            for (r, v, p), w in rows.items()
+        ]
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    delete(t).where(
+                        t.c.record == bindparam("r"),
+                        t.c.version == bindparam("v"),
+                        t.c.recipient == bindparam("p"),
+                    ),
+                    [{"r": p["r"], "v": p["v"], "p": p["p"]} for p in params],
+                )
+                conn.execute(
+                    insert(t),
+                    [
+                        {k: p[k] for k in ("record", "version", "recipient", "wrapped")}
+                        for p in params
+                    ],
+                )
+        except SQLAlchemyError as exc:
+            self._fail(exc, "writing wrapped_keys")
+
+    def get_wrapped_key(self, record: str, version: int, recipient: str) -> bytes | None:
+        """One recipient's wrapped key for a record version."""
+        if not self._refresh():
+            return None
+        t = sc.wrapped_keys
+        with self._reading("reading wrapped_keys"):
+            value = self._conn.execute(
+                select(t.c.wrapped).where(
+                    t.c.record == record, t.c.version == version, t.c.recipient == recipient
+                )
+            ).scalar()
+        return None if value is None else bytes(value)
+
+    def delete_wrapped_keys(self, record: str | None = None, recipient: str | None = None) -> int:
+        """Delete the wrapped keys of a record and/or a recipient; returns how many went."""
+        if record is None and recipient is None:
+            raise ValueError("delete_wrapped_keys needs a record, a recipient or both")
+        self._require_initialised()
+        t = sc.wrapped_keys
+        stmt = delete(t)
+        if record is not None:
+            stmt = stmt.where(t.c.record == record)
+        if recipient is not None:
+            stmt = stmt.where(t.c.recipient == recipient)
+        try:
+            with self._transaction() as conn:
+                count = conn.execute(stmt).rowcount
+        except SQLAlchemyError as exc:
+            self._fail(exc, "deleting wrapped_keys")
+        return int(count)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def put_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Store a checkpoint, or merge its signatures into the stored one at its height.
+
+        Signatures are kept as distinct (org, signature) pairs, sorted; the store does not
+        verify them. A different body at a stored height raises ConflictError.
+        """
+        self._require_initialised()
+        doc = checkpoint.to_json()
+        body = canonical(doc["body"])
+        height = doc["body"]["height"]
+        if type(height) is not int or height < 0:
+            raise StoreError("a checkpoint height is a non-negative integer")
+        t = sc.checkpoints
+        pairs = {(s["by"], s["sig"]) for s in doc["sigs"]}
+        try:
+            with self._transaction() as conn:
+                row = conn.execute(
+                    select(t.c.body, t.c.sigs).where(t.c.height == height).with_for_update()
+                ).first()
+                if row is not None:
+                    if bytes(row[0]) != body:
+                        raise ConflictError(f"a different checkpoint is stored at height {height}")
+                    pairs |= {(s["by"], s["sig"]) for s in parse(row[1])}
+                sigs = canonical([{"by": by, "sig": sig} for by, sig in sorted(pairs)])
+                if row is None:
+                    conn.execute(
+                        insert(t), {"height": height, "body": body, "sigs": sigs.decode("utf-8")}
+                    )
+                else:
+                    conn.execute(
+                        update(t).where(t.c.height == height).values(sigs=sigs.decode("utf-8"))
+                    )
+        except SQLAlchemyError as exc:
+            self._fail(exc, f"storing the checkpoint at height {height}")
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The highest stored checkpoint."""
+        if not self._refresh():
+            return None
+        t = sc.checkpoints
+        with self._reading("reading checkpoints"):
+            row = self._conn.execute(
+                select(t.c.body, t.c.sigs).order_by(t.c.height.desc()).limit(1)
+            ).first()
+        if row is None:
+            return None
+        return Checkpoint.from_json({"body": parse(bytes(row[0])), "sigs": parse(row[1])})
+
+
+__all__ = ["IDENTITY_TABLES", "MAX_PARAMS", "SqlChainStore", "open_store", "sqlite_url"]
