@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -30,6 +31,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psycopg
 
 PG_ROOT = Path("/usr/lib/postgresql")
 DATABASE = "rekam"
@@ -135,8 +138,6 @@ class PgServer:
 
     def execute(self, sql: str, database: str = "postgres") -> None:
         """Run one statement outside a transaction (CREATE/DROP DATABASE)."""
-        import psycopg
-
         with psycopg.connect(self.dsn_for(database), autocommit=True) as conn:
             conn.execute(sql.encode())
 
@@ -153,8 +154,12 @@ class PgServer:
         self._stopped = True
         if (self.data_dir / "postmaster.pid").exists():
             subprocess.run(
-                [*self.run_as, str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data_dir)]
-                + ["-m", "fast", "-w", "-t", str(_START_TIMEOUT_S)],
+                [
+                    *self.run_as,
+                    str(self.bin_dir / "pg_ctl"),
+                    "stop",
+                    *("-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(_START_TIMEOUT_S)),
+                ],
                 capture_output=True,
                 check=False,
             )
@@ -178,8 +183,6 @@ def start_postgres(tmp_dir: Path) -> PgServer:
         if shutil.which("runuser") is None:
             raise PostgresUnavailable("running as root but runuser is missing")
         try:
-            import pwd
-
             pg_user = pwd.getpwnam("postgres")
         except KeyError:
             raise PostgresUnavailable(
@@ -198,8 +201,12 @@ def start_postgres(tmp_dir: Path) -> PgServer:
     server = PgServer(bin_dir, base_dir, 0, run_as, owns_base_dir)
     try:
         _run(
-            [*run_as, str(bin_dir / "initdb"), "-D", str(server.data_dir)]
-            + ["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-sync"],
+            [
+                *run_as,
+                str(bin_dir / "initdb"),
+                *("-D", str(server.data_dir), "-U", SUPERUSER, "--auth=trust"),
+                *("--encoding=UTF8", "--no-locale", "--no-sync"),
+            ],
             "initdb",
         )
         hba = server.data_dir / "pg_hba.conf"
@@ -230,8 +237,13 @@ def start_postgres(tmp_dir: Path) -> PgServer:
                 )
             )
             result = subprocess.run(
-                [*run_as, str(bin_dir / "pg_ctl"), "start", "-D", str(server.data_dir)]
-                + ["-l", str(server.log_file), "-w", "-t", str(_START_TIMEOUT_S), "-o", options],
+                [
+                    *run_as,
+                    str(bin_dir / "pg_ctl"),
+                    "start",
+                    *("-D", str(server.data_dir), "-l", str(server.log_file)),
+                    *("-w", "-t", str(_START_TIMEOUT_S), "-o", options),
+                ],
                 capture_output=True,
                 text=True,
                 check=False,

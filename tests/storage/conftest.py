@@ -15,9 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pg_server  # noqa: E402
-
-from rekam.storage import SqlChainStore, open_store, sqlite_url  # noqa: E402
+import pg_server
+from rekam.storage import SqlChainStore, open_store, sqlite_url
 
 
 @pytest.fixture(scope="session")

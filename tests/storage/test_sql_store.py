@@ -151,7 +151,11 @@ def test_append_and_read_back(open_stores: Factory) -> None:
         store,
         b2,
         ["c"],
-        delta(("consent", "c-1", consent), ("event", "e-1", event_row), ("record", "r-1", row("record", 2))),
+        delta(
+            ("consent", "c-1", consent),
+            ("event", "e-1", event_row),
+            ("record", "r-1", row("record", 2)),
+        ),
     )
     assert store.head() == (3, b3.hash)
     for original in (g, b1, b2, b3):
@@ -322,7 +326,12 @@ def test_racing_writers_never_both_append(open_stores: Factory) -> None:
         outcome: list[str | None] = [None] * len(writers)
         barrier = threading.Barrier(len(writers))
 
-        def run(i: int, cand: list[Block] = candidates, out: list[str | None] = outcome) -> None:
+        def run(
+            i: int,
+            cand: list[Block] = candidates,
+            out: list[str | None] = outcome,
+            barrier: threading.Barrier = barrier,
+        ) -> None:
             barrier.wait()
             try:
                 writers[i].append_block(cand[i], committed(cand[i].txs), Delta())
@@ -438,6 +447,7 @@ def test_a_crash_mid_commit_keeps_the_previous_head(open_stores: Factory, store_
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert result.returncode == 17, result.stderr
     after = open_stores()
@@ -650,3 +660,35 @@ def test_closed_store_refuses_use(store: SqlChainStore) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.head()
+
+
+def test_calls_from_several_threads_are_serialised(store: SqlChainStore) -> None:
+    prev = init(store)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                head = store.head()
+                assert head is not None
+                store.get("record", f"r-{head[0]}")
+                store.get("org", "clinic-a")
+                store.tx_seen(tx_id(tx_bytes(f"w{head[0]}")))
+                assert len(list(store.iter_blocks(max(0, head[0] - 3)))) >= 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for t in readers:
+        t.start()
+    try:
+        for i in range(1, 31):
+            prev = append(store, prev, [f"w{i}"], delta(("record", f"r-{i}", row("record", i))))
+    finally:
+        done.set()
+        for t in readers:
+            t.join(timeout=60)
+    assert errors == []
+    assert store.head() == (30, prev.hash)
+    assert store.get("record", "r-30") == row("record", 30)

@@ -32,6 +32,15 @@ app.add_typer(receipt_app, name="receipt")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
 
+
+def _register_actions() -> None:
+    from rekam.cli.actions import consent_app, member_app, patient_app, record_app
+
+    app.add_typer(record_app, name="record")
+    app.add_typer(consent_app, name="consent")
+    app.add_typer(member_app, name="member")
+    app.add_typer(patient_app, name="patient")
+
 console = Console()
 err = Console(stderr=True)
 
@@ -371,6 +380,9 @@ def bench_proofs(
 def main() -> None:
     """Entry point."""
     app()
+
+
+_register_actions()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from rekam.crypto import Signer, verify_signature
@@ -45,7 +46,7 @@ class Genesis:
 
     doc: Mapping[str, Any]
 
-    @property
+    @cached_property
     def network_id(self) -> str:
         """SHA-256 of the canonical genesis document: the network's identity."""
         return hashlib.sha256(canonical(self.doc)).hexdigest()

@@ -38,6 +38,9 @@ class TxResult:
     tx_type: str
     valid: bool
     code: str
+    # Whether the signatures verified against the signers' keys on record: only then does
+    # the transaction take its id (see apply_block), so nodes must agree on this flag too.
+    authenticated: bool = True
 
 
 @dataclass
@@ -151,7 +154,7 @@ def apply_block(
     policy = genesis.policy
     for raw, tx, ok in zip(block.txs, decoded, sigs, strict=True):
         if tx is None:
-            results.append(TxResult(hashlib.sha256(raw).hexdigest(), "", False, "malformed"))
+            results.append(TxResult(hashlib.sha256(raw).hexdigest(), "", False, "malformed", False))
             continue
         code = "ok"
         authenticated = False
@@ -179,7 +182,7 @@ def apply_block(
         # otherwise anyone could burn a genuine transaction's id with a forged signature.
         if authenticated:
             delta.tx_ids.add(tx.tx_id)
-        results.append(TxResult(tx.tx_id, tx.type, code == "ok", code))
+        results.append(TxResult(tx.tx_id, tx.type, code == "ok", code, authenticated))
     return BlockResult(results, delta, decoded)
 
 

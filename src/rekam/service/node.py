@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from rekam.crypto import Signer
 from rekam.ledger.block import Block, Genesis, cut_block
 from rekam.ledger.tx import Transaction
-from rekam.ledger.validate import BlockResult, ChainHead, TxResult, apply_block
+from rekam.ledger.validate import (
+    BlockResult,
+    ChainHead,
+    TxResult,
+    apply_block,
+    check_signatures,
+    decode_all,
+)
 from rekam.service.ports import BlobStore, ChainStore, Orderer
 
 log = logging.getLogger(__name__)
@@ -37,6 +45,7 @@ class NotCommittedError(NodeError):
 
 
 BlockListener = Callable[[Block, BlockResult], None]
+Prepared = tuple[list[Transaction | None], list[tuple[bool, ...]]]
 
 
 class Node:
@@ -54,7 +63,14 @@ class Node:
         self.store = store
         self.blobs = blobs
         self.clock = clock
-        self._lock = threading.RLock()
+        # The commit lock serialises block commits (and the store they write); the waiter
+        # lock only guards the table of futures, so submitting never waits for a commit.
+        self._commit_lock = threading.RLock()
+        self._waiters_lock = threading.Lock()
+        self._cut_lock = threading.Lock()
+        self._commit_queue: queue.Queue[tuple[Block, Future[Prepared]] | None] = queue.Queue()
+        self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="rekam-prepare")
+        self._committer: threading.Thread | None = None
         self._waiters: dict[str, list[Future[TxResult]]] = {}
         self._listeners: list[BlockListener] = []
         self._orderer: Orderer | None = None
@@ -66,11 +82,17 @@ class Node:
         block = store.get_block(head[0])
         assert block is not None
         self._head = ChainHead(head[0], head[1], block.time)
+        self._cut_head = self._head  # the orderer's view: may run ahead of the committed head
 
     # -- wiring ---------------------------------------------------------------------------
 
     def attach_orderer(self, orderer: Orderer, orderer_id: str, signer: Signer) -> None:
         """Use an orderer; blocks this node cuts are signed by ``orderer_id``'s signer."""
+        if self._committer is None:
+            self._committer = threading.Thread(
+                target=self._commit_loop, name="rekam-commit", daemon=True
+            )
+            self._committer.start()
         self._orderer = orderer
         self._orderer_id = orderer_id
         self._orderer_signer = signer
@@ -92,17 +114,18 @@ class Node:
     # -- submitting -----------------------------------------------------------------------
 
     def submit(self, tx: Transaction) -> Future[TxResult]:
-        """Queue a transaction; the future resolves with its result once durably committed."""
+        """Queue a transaction; the future resolves with its result once durably committed.
+
+        Only the waiter table is locked here, so submitters never wait for a commit in
+        progress; whether the transaction is already in the chain is settled when its batch
+        is cut (one bulk lookup on the committing thread).
+        """
         future: Future[TxResult] = Future()
-        with self._lock:
-            stored = self.store.get_tx(tx.tx_id)
-            if stored is not None:
-                future.set_result(TxResult(tx.tx_id, tx.type, stored.valid, stored.code))
-                return future
+        with self._waiters_lock:
             waiting = self._waiters.get(tx.tx_id)
             self._waiters.setdefault(tx.tx_id, []).append(future)
-            if waiting:
-                return future  # already queued: the same commit answers both
+        if waiting:
+            return future  # already queued: the same commit answers both
         if self._orderer is None:
             raise NodeError("this node has no orderer attached")
         self._orderer.submit(tx)
@@ -120,38 +143,84 @@ class Node:
         return [self.submit(tx) for tx in txs]
 
     # -- committing -----------------------------------------------------------------------
+    #
+    # Blocks flow through three stages, as in Fabric: the orderer thread cuts and chains
+    # blocks (``cut``); a prepare thread decodes them and checks their signatures in the
+    # crypto pool (``deliver``); the commit thread validates each block against state and
+    # stores it, in order (``_commit_loop``). Signature checks of block n+1 thus overlap the
+    # rules and the database work of block n. Every check still runs on every block.
 
     def cut(self, txs: list[Transaction]) -> None:
-        """Build, sign and commit a block of ordered transactions (the solo orderer's hook)."""
+        """Build and sign a block of ordered transactions and hand it on (the orderer's hook)."""
         assert self._orderer_id is not None and self._orderer_signer is not None
         unique: dict[str, Transaction] = {}
         for tx in txs:
             unique.setdefault(tx.tx_id, tx)
+        # A resubmitted transaction that is already in the chain gets its stored result back
+        # instead of a second, "duplicate" entry in a new block.
+        self.store.prefetch({}, unique)
+        for tx_id in [t for t in unique if self.store.tx_seen(t)]:
+            stored = self.store.get_tx(tx_id)
+            tx = unique.pop(tx_id)
+            if stored is not None:
+                self._resolve_one(
+                    TxResult(tx_id, tx.type, stored.valid, stored.code, stored.authenticated)
+                )
+        if not unique:
+            return
         batch = list(unique.values())
-        head = self._head
-        block = cut_block(
-            self.network_id,
-            head.height + 1,
-            head.hash,
-            max(self.clock(), head.time),
-            batch,
-            self._orderer_id,
-            self._orderer_signer,
-        )
-        self.commit(block, batch)
+        with self._cut_lock:
+            head = self._cut_head
+            block = cut_block(
+                self.network_id,
+                head.height + 1,
+                head.hash,
+                max(self.clock(), head.time),
+                batch,
+                self._orderer_id,
+                self._orderer_signer,
+            )
+            self._cut_head = ChainHead(block.height, block.hash, block.time)
+        self.deliver(block, batch)
 
-    def commit(self, block: Block, txs: list[Transaction] | None = None) -> BlockResult:
+    def deliver(self, block: Block, txs: list[Transaction] | None = None) -> None:
+        """Queue an ordered block: signatures are checked now, rules when its turn comes."""
+        prepared = self._prepare_pool.submit(self._prepare, block, txs)
+        self._commit_queue.put((block, prepared))
+
+    @staticmethod
+    def _prepare(block: Block, txs: list[Transaction] | None) -> Prepared:
+        decoded: list[Transaction | None] = decode_all(block.txs) if txs is None else list(txs)
+        return decoded, check_signatures(decoded)
+
+    def _commit_loop(self) -> None:
+        while True:
+            item = self._commit_queue.get()
+            if item is None:
+                return
+            block, prepared = item
+            try:
+                decoded, sig_ok = prepared.result()
+                self.commit(block, decoded, sig_ok)
+            except Exception:
+                # commit() failed this block's waiters. Later blocks were chained on it and
+                # will fail their link check; the orderer restarts from the committed head.
+                log.exception("block %d was not committed", block.height)
+                with self._cut_lock:
+                    self._cut_head = self._head
+
+    def commit(
+        self,
+        block: Block,
+        txs: list[Transaction | None] | None = None,
+        sig_ok: list[tuple[bool, ...]] | None = None,
+    ) -> BlockResult:
         """Validate a block against the current state and store it atomically."""
         try:
-            with self._lock:
+            with self._commit_lock:
                 orgs = [key for key, _ in self.store.state_rows("org")]
                 result = apply_block(
-                    self.store,
-                    self.genesis,
-                    self._head,
-                    block,
-                    orgs,
-                    txs=txs,
+                    self.store, self.genesis, self._head, block, orgs, txs=txs, sig_ok=sig_ok
                 )
                 self.store.append_block(block, result.results, result.delta)
                 self._head = ChainHead(block.height, block.hash, block.time)
@@ -169,15 +238,18 @@ class Node:
         return result
 
     def _resolve(self, result: BlockResult) -> None:
-        with self._lock:
-            ready = [(r, self._waiters.pop(r.tx_id, [])) for r in result.results]
-        for tx_result, futures in ready:
-            for future in futures:
-                if not future.done():
-                    future.set_result(tx_result)
+        for tx_result in result.results:
+            self._resolve_one(tx_result)
+
+    def _resolve_one(self, tx_result: TxResult) -> None:
+        with self._waiters_lock:
+            futures = self._waiters.pop(tx_result.tx_id, [])
+        for future in futures:
+            if not future.done():
+                future.set_result(tx_result)
 
     def _fail(self, block: Block, exc: Exception) -> None:
-        with self._lock:
+        with self._waiters_lock:
             failed: list[Future[TxResult]] = []
             for raw in block.txs:
                 try:
@@ -191,9 +263,13 @@ class Node:
                 future.set_exception(error)
 
     def close(self) -> None:
-        """Stop the orderer (flushing queued transactions) and release the store."""
+        """Stop the orderer, commit every block already cut, and release the store."""
         if self._orderer is not None:
             self._orderer.close()
             self._orderer = None
+        if self._committer is not None:
+            self._commit_queue.put(None)
+            self._committer.join()
+            self._committer = None
+        self._prepare_pool.shutdown()
         self.store.close()
-

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rekam.ledger.block import Block, Checkpoint
-from rekam.ledger.state import Delta, MemoryState, Row, StateReader
+from rekam.ledger.state import Delta, MemoryState, Prefetching, Row, StateReader
 from rekam.ledger.tx import Transaction
 from rekam.ledger.validate import TxResult
 
@@ -26,6 +26,7 @@ class TxRecord:
     index: int
     valid: bool
     code: str
+    authenticated: bool = True
 
 
 # What a block commit stores per transaction besides its bytes: the validator's result.
@@ -44,7 +45,7 @@ class ConflictError(StoreError):
     """A block for this height exists already (another writer got there first)."""
 
 
-class ChainStore(StateReader, Protocol):
+class ChainStore(StateReader, Prefetching, Protocol):
     """A node's durable chain, state tables and off-chain keyring."""
 
     def initialise(self, genesis: Block, delta: Delta | None = None) -> None:

@@ -101,7 +101,9 @@ def make_checkpoint(
     return checkpoint
 
 
-def build_receipt(store: ChainStore, tx_id: str, checkpoint: Checkpoint) -> dict[str, Any]:
+def build_receipt(
+    store: ChainStore, tx_id: str, checkpoint: Checkpoint, log: BlockLog | None = None
+) -> dict[str, Any]:
     """A receipt proving a committed transaction and its result up to a checkpoint."""
     stored = store.get_tx(tx_id)
     if stored is None:
@@ -114,7 +116,8 @@ def build_receipt(store: ChainStore, tx_id: str, checkpoint: Checkpoint) -> dict
     tx_leaves = [leaf_hash(t) for t in block.txs]
     results = [(r.tx_id, r.code) for r in store.block_txs(stored.height)]
     result_leaves = [leaf_hash(result_leaf(t, c)) for t, c in results]
-    log = BlockLog.build(store, height)
+    if log is None or log.log.size < height + 1:
+        log = BlockLog.build(store, height)
     return {
         "format": RECEIPT_FORMAT,
         "network": checkpoint.body["network"],

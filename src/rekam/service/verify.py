@@ -121,7 +121,8 @@ def replay_store(
                 if len(stored) != len(result.results):
                     raise VerifyFailure(f"block {block.height}: stored transaction count differs")
                 for index, (mine, theirs) in enumerate(zip(result.results, stored, strict=True)):
-                    if (mine.tx_id, mine.valid, mine.code) != (theirs.tx_id, theirs.valid, theirs.code):
+                    ours = (mine.tx_id, mine.valid, mine.code, mine.authenticated)
+                    if ours != (theirs.tx_id, theirs.valid, theirs.code, theirs.authenticated):
                         raise VerifyFailure(
                             f"block {block.height} transaction {index} ({theirs.tx_id[:16]}): "
                             f"stored result {theirs.code!r}, recomputed {mine.code!r}"

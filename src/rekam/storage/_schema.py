@@ -86,10 +86,12 @@ txs = Table(
     Column("height", BigInteger, ForeignKey("blocks.height"), nullable=False),
     Column("idx", Integer, nullable=False),
     Column("tx_id", String(64), nullable=False),
-    Column("type", String(64), nullable=False),
+    Column("type", String, nullable=False),
     Column("raw", LargeBinary, nullable=False),
     Column("valid", Boolean, nullable=False),
-    Column("code", String(64), nullable=False),
+    Column("code", String, nullable=False),
+    # Only an authenticated transaction takes its id (a forged copy must not burn it).
+    Column("authenticated", Boolean, nullable=False),
     # Not unique: a replayed transaction is committed again, flagged invalid ("duplicate"),
     # and a block carrying one must still be stored. get_tx returns the first occurrence.
     PrimaryKeyConstraint("height", "idx", name="pk_txs"),

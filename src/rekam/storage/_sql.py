@@ -10,10 +10,12 @@ runs between an explicit ``BEGIN`` (``BEGIN IMMEDIATE`` on SQLite, so writers qu
 lock instead of failing on upgrade) and ``COMMIT``. A failure or a crash before ``COMMIT``
 leaves the database as it was.
 
-Threads: a store is NOT thread-safe. It holds a single connection and in-memory caches; use
-it from one thread at a time (the node serialises access to it). Several stores, in one
-process or many, may share a database: ``append_block`` checks the head inside its
-transaction, so only one of them can extend the chain at a given height.
+Threads: a store is meant to be used by one thread at a time. It holds a single connection
+and in-memory caches; as a safety net every public method takes the store's lock, so calls
+from several threads are serialised (one statement at a time), never interleaved. For
+parallel database work, open one store per thread. Several stores, in one process or many,
+may share a database: ``append_block`` checks the head inside its transaction, so only one
+of them can extend the chain at a given height.
 
 Caches: the small identity tables (org, member, patient) are cached without bound and kept
 up to date write-through by ``append_block``; other rows and transaction ids are cached per
@@ -27,13 +29,15 @@ SQLAlchemy is told to hide statement parameters.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -49,8 +53,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from rekam.encoding import canonical, parse
 from rekam.ledger.block import ZERO_HASH, Block, Checkpoint
@@ -80,6 +84,8 @@ _INSERT_CHUNK = 1000
 _GENESIS_TX_TYPE = "genesis"
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
 _CachedRow = dict[str, Any]
 
 
@@ -95,7 +101,10 @@ def open_store(url: str) -> SqlChainStore:
     (``postgresql://`` is taken to mean psycopg 3). Raises SchemaVersionError when the
     database was written by an incompatible Rekam or is not a Rekam store.
     """
-    sa_url = make_url(url)
+    try:
+        sa_url = make_url(url)
+    except ArgumentError:
+        raise StoreError("the store location is not a database URL") from None
     if sa_url.drivername == "postgresql":
         sa_url = sa_url.set(drivername="postgresql+psycopg")
     backend = sa_url.get_backend_name()
@@ -200,9 +209,11 @@ class _Codec:
             return canonical(value).decode("utf-8")
         return value
 
-    def decode(self, mapping: Mapping[Any, Any]) -> tuple[str, _CachedRow]:
+    def decode(
+        self, mapping: Mapping[Any, Any] | Iterable[tuple[str, Any]]
+    ) -> tuple[str, _CachedRow]:
         """(key, row) from a result row: strlist columns as lists, booleans as bool."""
-        row = dict(mapping)
+        row: dict[str, Any] = dict(mapping)
         key = row.pop("key")
         for column in self.lists:
             if row[column] is not None:
@@ -217,20 +228,59 @@ class _Codec:
         return self.decode(self.encode(key, row))[1]
 
 
+class _Prepared:
+    """A statement compiled once for the engine's dialect, to run on the DBAPI cursor.
+
+    The hottest reads (one row by key, one transaction id) skip SQLAlchemy's per-execution
+    work; the driver then caches the statement (SQLite's statement cache, psycopg's
+    automatic server-side prepare).
+    """
+
+    def __init__(self, stmt: Select[Any], dialect: Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = compiled.string
+        self.columns = tuple(str(c.key) for c in stmt.selected_columns)
+        self.positions = tuple(compiled.positiontup or ()) if dialect.positional else None
+        self.defaults: dict[str, Any] = dict(compiled.params)  # e.g. a LIMIT's value
+
+    def params(self, values: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+        """Parameters in the driver's style."""
+        merged = {**self.defaults, **values}
+        if self.positions is None:
+            return merged
+        return tuple(merged[name] for name in self.positions)
+
+
 def _copy(row: _CachedRow) -> dict[str, Any]:
     """A caller's own copy of a cached row (lists copied too)."""
     return {k: (list(v) if isinstance(v, list) else v) for k, v in row.items()}
 
 
+def _serialised(
+    method: Callable[Concatenate[SqlChainStore, _P], _R],
+) -> Callable[Concatenate[SqlChainStore, _P], _R]:
+    """Run a store method under the store's lock (one statement at a time per connection)."""
+
+    @functools.wraps(method)
+    def serialised(self: SqlChainStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return serialised
+
+
 class SqlChainStore:
     """A ChainStore (and Prefetching StateReader) on SQLite or PostgreSQL.
 
-    Use from one thread at a time; see the module documentation.
+    Meant for one thread at a time (calls from several threads are serialised by a lock);
+    see the module documentation.
     """
 
     def __init__(self, engine: Engine, begin_sql: str = "BEGIN") -> None:
         self._engine = engine
         self._begin_sql = begin_sql
+        self._lock = threading.RLock()
+        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._codecs = {spec.name: _Codec(spec) for spec in TABLES}
         self._identity: dict[str, dict[str, _CachedRow | None]] = {
             name: {} for name in IDENTITY_TABLES
@@ -254,16 +304,26 @@ class SqlChainStore:
     # -- statements ------------------------------------------------------------------------
 
     def _build_statements(self) -> None:
-        self._get_one: dict[str, Select[Any]] = {}
+        dialect = self._engine.dialect
+        self._get_one: dict[str, _Prepared] = {}
         self._get_many: dict[str, Select[Any]] = {}
         for name, table in sc.state_tables.items():
-            self._get_one[name] = select(table).where(table.c.key == bindparam("k"))
+            self._get_one[name] = _Prepared(
+                select(table).where(table.c.key == bindparam("k")), dialect
+            )
             self._get_many[name] = select(table).where(
                 table.c.key.in_(bindparam("ks", expanding=True))
             )
         txs = sc.txs
-        self._tx_one = select(txs.c.tx_id).where(txs.c.tx_id == bindparam("k"))
-        self._tx_many = select(txs.c.tx_id).where(txs.c.tx_id.in_(bindparam("ks", expanding=True)))
+        self._tx_one = _Prepared(
+            select(txs.c.tx_id)
+            .where(txs.c.tx_id == bindparam("k"), txs.c.authenticated.is_(True))
+            .limit(1),
+            dialect,
+        )
+        self._tx_many = select(txs.c.tx_id).where(
+            txs.c.tx_id.in_(bindparam("ks", expanding=True)), txs.c.authenticated.is_(True)
+        )
         blocks = sc.blocks
         self._head_stmt = (
             select(blocks.c.height, blocks.c.hash).order_by(blocks.c.height.desc()).limit(1)
@@ -271,6 +331,7 @@ class SqlChainStore:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @_serialised
     def close(self) -> None:
         """Release the connection; the store cannot be used afterwards."""
         if self._closed:
@@ -340,6 +401,7 @@ class SqlChainStore:
         except SQLAlchemyError as exc:
             self._fail(exc, f"migrating the store schema to version {target}")
 
+    @_serialised
     def _refresh(self) -> bool:
         """True when the store holds a chain (re-checks if it was empty when opened)."""
         if self._closed:
@@ -389,6 +451,31 @@ class SqlChainStore:
         self._drop_caches()
         raise StoreError(f"{what} failed ({_db_detail(exc)})") from None
 
+    def _raw_first(
+        self, prepared: _Prepared, values: Mapping[str, Any], what: str
+    ) -> Sequence[Any] | None:
+        """The first result row of a prepared statement, run on the DBAPI connection."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        try:
+            dbapi_connection = self._conn.connection.dbapi_connection
+        except SQLAlchemyError as exc:
+            self._fail(exc, what)
+        assert dbapi_connection is not None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(prepared.sql, prepared.params(values))
+            found: Sequence[Any] | None = cursor.fetchone()
+        except self._dbapi_error as exc:
+            if self._engine.dialect.is_disconnect(exc, dbapi_connection, cursor):  # type: ignore[arg-type]
+                self._conn.invalidate()
+                self._reset_connection()
+            self._drop_caches()
+            raise StoreError(f"{what} failed ({_db_detail(exc)})") from None
+        finally:
+            cursor.close()
+        return found
+
     @contextmanager
     def _reading(self, what: str) -> Iterator[None]:
         if self._closed:
@@ -409,6 +496,13 @@ class SqlChainStore:
         self._block_rows.clear()
         self._block_txs.clear()
 
+    def _known_absent(self, table: str, key: str) -> bool:
+        """True when a read in this block (or the identity cache) found no row for the key."""
+        if table in IDENTITY_TABLES:
+            cache = self._identity[table]
+            return key in cache and cache[key] is None
+        return (table, key) in self._block_rows and self._block_rows[(table, key)] is None
+
     def _remember(self, table: str, key: str, row: _CachedRow | None) -> None:
         if table in IDENTITY_TABLES:
             self._identity[table][key] = row
@@ -417,8 +511,14 @@ class SqlChainStore:
             self._block_rows.clear()
         self._block_rows[(table, key)] = row
 
+    def _remember_tx(self, tx_id: str, seen: bool) -> None:
+        if len(self._block_txs) >= _BLOCK_CACHE_LIMIT:
+            self._block_txs.clear()
+        self._block_txs[tx_id] = seen
+
     # -- StateReader and Prefetching -------------------------------------------------------
 
+    @_serialised
     def get(self, table: str, key: str) -> Row | None:
         """The state row with this key as of the chain head, or None."""
         if table in IDENTITY_TABLES:
@@ -434,24 +534,27 @@ class SqlChainStore:
             raise KeyError(f"unknown state table {table}")
         if not self._initialised and not self._refresh():
             return None
-        with self._reading(f"reading {sc.STATE_PREFIX}{table}"):
-            found = self._conn.execute(stmt, {"k": key}).mappings().first()
-        row = None if found is None else self._codecs[table].decode(found)[1]
+        found = self._raw_first(stmt, {"k": key}, f"reading {sc.STATE_PREFIX}{table}")
+        if found is None:
+            row = None
+        else:
+            row = self._codecs[table].decode(zip(stmt.columns, found, strict=True))[1]
         self._remember(table, key, row)
         return None if row is None else _copy(row)
 
+    @_serialised
     def tx_seen(self, tx_id: str) -> bool:
-        """True when a transaction with this id is in the chain (valid or not)."""
+        """True when an authenticated transaction with this id is in the chain (valid or not)."""
         seen = self._block_txs.get(tx_id)
         if seen is not None:
             return seen
         if not self._initialised and not self._refresh():
             return False
-        with self._reading("reading txs"):
-            seen = self._conn.execute(self._tx_one, {"k": tx_id}).first() is not None
-        self._block_txs[tx_id] = seen
+        seen = self._raw_first(self._tx_one, {"k": tx_id}, "reading txs") is not None
+        self._remember_tx(tx_id, seen)
         return seen
 
+    @_serialised
     def prefetch(self, wanted: Mapping[str, Iterable[str]], tx_ids: Iterable[str]) -> None:
         """Load the listed rows and transaction ids with a few ``IN`` queries."""
         for table in wanted:
@@ -477,10 +580,11 @@ class SqlChainStore:
             with self._reading("reading txs"):
                 present = set(self._conn.execute(self._tx_many, {"ks": _padded(chunk)}).scalars())
             for tx_id in chunk:
-                self._block_txs[tx_id] = tx_id in present
+                self._remember_tx(tx_id, tx_id in present)
 
     # -- chain -----------------------------------------------------------------------------
 
+    @_serialised
     def head(self) -> tuple[int, str] | None:
         """(height, hash) of the last block, or None before genesis."""
         if not self._refresh():
@@ -489,6 +593,7 @@ class SqlChainStore:
             row = self._conn.execute(self._head_stmt).first()
         return None if row is None else (int(row[0]), str(row[1]))
 
+    @_serialised
     def network_id(self) -> str | None:
         """The network id recorded at initialisation, or None before genesis."""
         if not self._refresh():
@@ -499,6 +604,7 @@ class SqlChainStore:
             ).scalar()
         return None if value is None else str(value)
 
+    @_serialised
     def schema_version(self) -> int | None:
         """The schema version of the database, or None when it is empty."""
         if not self._refresh():
@@ -506,6 +612,7 @@ class SqlChainStore:
         with self._reading("reading meta"):
             return self._schema_version(self._conn)
 
+    @_serialised
     def initialise(self, genesis: Block, delta: Delta | None = None) -> None:
         """Create the schema and store the genesis block (and, optionally, its state writes).
 
@@ -539,6 +646,7 @@ class SqlChainStore:
         self._drop_caches()
         log.info("store initialised with the genesis block")
 
+    @_serialised
     def append_block(self, block: Block, txs: Sequence[CommittedTx], delta: Delta) -> None:
         """Atomically store a block, its transaction results and its state writes.
 
@@ -609,6 +717,7 @@ class SqlChainStore:
                 "raw": bytes(raw),
                 "valid": bool(result.valid),
                 "code": result.code,
+                "authenticated": bool(result.authenticated),
             }
             for idx, (raw, result) in enumerate(zip(block.txs, txs, strict=True))
         ]
@@ -626,13 +735,15 @@ class SqlChainStore:
         codec = self._codecs[table]
         sql_table = sc.state_tables[table]
         params = [codec.encode(key, row) for key, row in written.items()]
-        keys = [p["key"] for p in params]
+        # Rows this block's reads showed absent need no delete: most writes are new rows.
+        keys = [p["key"] for p in params if not self._known_absent(table, p["key"])]
         stmt = delete(sql_table).where(sql_table.c.key.in_(bindparam("ks", expanding=True)))
         for chunk in _chunks(keys, MAX_PARAMS):
             conn.execute(stmt, {"ks": list(chunk)})
         for part in _chunks(params, _INSERT_CHUNK):
             conn.execute(insert(sql_table), list(part))
 
+    @_serialised
     def get_block(self, height: int) -> Block | None:
         """The block at a height, or None."""
         blocks = list(self.iter_blocks(height, height + 1)) if height >= 0 else []
@@ -651,7 +762,7 @@ class SqlChainStore:
         low = max(start, 0)
         while low < end:
             high = min(low + _ITER_BLOCKS_CHUNK, end)
-            with self._reading(f"reading blocks {low} to {high - 1}"):
+            with self._lock, self._reading(f"reading blocks {low} to {high - 1}"):
                 headers = self._conn.execute(
                     select(blocks.c.height, blocks.c.header, blocks.c.signature)
                     .where(blocks.c.height >= low, blocks.c.height < high)
@@ -670,6 +781,7 @@ class SqlChainStore:
                 return  # past the head (or a gap, which the chain never has)
             low = high
 
+    @_serialised
     def get_tx(self, tx_id: str) -> TxRecord | None:
         """A committed transaction by id (its first occurrence, should it be replayed)."""
         if not self._refresh():
@@ -677,13 +789,15 @@ class SqlChainStore:
         t = sc.txs
         with self._reading("reading txs"):
             row = self._conn.execute(
-                select(t.c.tx_id, t.c.raw, t.c.height, t.c.idx, t.c.valid, t.c.code)
+                select(*self._tx_columns())
                 .where(t.c.tx_id == tx_id)
-                .order_by(t.c.height, t.c.idx)
+                # The authenticated occurrence is the transaction; a forged copy is not.
+                .order_by(t.c.authenticated.desc(), t.c.height, t.c.idx)
                 .limit(1)
             ).first()
         return None if row is None else self._tx_record(row)
 
+    @_serialised
     def block_txs(self, height: int) -> list[TxRecord]:
         """The stored results of a block's transactions, in block order."""
         if not self._refresh():
@@ -691,16 +805,23 @@ class SqlChainStore:
         t = sc.txs
         with self._reading("reading txs"):
             rows = self._conn.execute(
-                select(t.c.tx_id, t.c.raw, t.c.height, t.c.idx, t.c.valid, t.c.code)
+                select(*self._tx_columns())
                 .where(t.c.height == height)
                 .order_by(t.c.idx)
             ).all()
         return [self._tx_record(r) for r in rows]
 
     @staticmethod
+    def _tx_columns() -> tuple[Any, ...]:
+        t = sc.txs
+        return (t.c.tx_id, t.c.raw, t.c.height, t.c.idx, t.c.valid, t.c.code, t.c.authenticated)
+
+    @staticmethod
     def _tx_record(row: Any) -> TxRecord:
-        tx_id, raw, height, idx, valid, code = row
-        return TxRecord(str(tx_id), bytes(raw), int(height), int(idx), bool(valid), str(code))
+        tx_id, raw, height, idx, valid, code, authenticated = row
+        return TxRecord(
+            str(tx_id), bytes(raw), int(height), int(idx), bool(valid), str(code), bool(authenticated)
+        )
 
     # -- state -----------------------------------------------------------------------------
 
@@ -721,13 +842,14 @@ class SqlChainStore:
             stmt = select(sql_table).order_by(sql_table.c.key).limit(_STATE_ROWS_CHUNK)
             if last is not None:
                 stmt = stmt.where(sql_table.c.key > last)
-            with self._reading(f"reading {sql_table.name}"):
+            with self._lock, self._reading(f"reading {sql_table.name}"):
                 rows = [codec.decode(m) for m in self._conn.execute(stmt).mappings()]
             yield from rows
             if len(rows) < _STATE_ROWS_CHUNK:
                 return
             last = rows[-1][0]
 
+    @_serialised
     def query(
         self, table: str, where: Mapping[str, Any], order_by: str | None = None
     ) -> list[tuple[str, dict[str, Any]]]:
@@ -755,6 +877,7 @@ class SqlChainStore:
         with self._reading(f"querying {sql_table.name}"):
             return [codec.decode(m) for m in self._conn.execute(stmt).mappings()]
 
+    @_serialised
     def replace_state(self, state: MemoryState) -> None:
         """Atomically replace every state table with the rows of a recomputed state."""
         self._require_initialised()
@@ -782,6 +905,7 @@ class SqlChainStore:
 
     # -- keyring ---------------------------------------------------------------------------
 
+    @_serialised
     def put_wrapped_keys(self, entries: Sequence[tuple[str, int, str, bytes]]) -> None:
         """Store (record, version, recipient, wrapped key) entries, replacing equal keys."""
         rows: dict[tuple[str, int, str], bytes] = {}
@@ -822,6 +946,7 @@ class SqlChainStore:
         except SQLAlchemyError as exc:
             self._fail(exc, "writing wrapped_keys")
 
+    @_serialised
     def get_wrapped_key(self, record: str, version: int, recipient: str) -> bytes | None:
         """One recipient's wrapped key for a record version."""
         if not self._refresh():
@@ -835,6 +960,7 @@ class SqlChainStore:
             ).scalar()
         return None if value is None else bytes(value)
 
+    @_serialised
     def delete_wrapped_keys(self, record: str | None = None, recipient: str | None = None) -> int:
         """Delete the wrapped keys of a record and/or a recipient; returns how many went."""
         if record is None and recipient is None:
@@ -855,6 +981,7 @@ class SqlChainStore:
 
     # -- checkpoints -----------------------------------------------------------------------
 
+    @_serialised
     def put_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Store a checkpoint, or merge its signatures into the stored one at its height.
 
@@ -890,6 +1017,7 @@ class SqlChainStore:
         except SQLAlchemyError as exc:
             self._fail(exc, f"storing the checkpoint at height {height}")
 
+    @_serialised
     def latest_checkpoint(self) -> Checkpoint | None:
         """The highest stored checkpoint."""
         if not self._refresh():
