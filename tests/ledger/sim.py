@@ -31,17 +31,28 @@ class Principal:
 class LedgerSim:
     """A chain in memory that applies blocks exactly as a node does."""
 
-    def __init__(self, orgs: Sequence[tuple[str, str]] = (("clinic-a", "clinic"), ("clinic-b", "clinic"), ("pharma", "pharmacy"))) -> None:
+    def __init__(
+        self,
+        orgs: Sequence[tuple[str, str]] = (
+            ("clinic-a", "clinic"),
+            ("clinic-b", "clinic"),
+            ("pharma", "pharmacy"),
+        ),
+    ) -> None:
         self.keys: dict[str, Principal] = {}
         self._seed = 1
         founding = []
         for org, kind in orgs:
             p = self._principal(org)
-            founding.append({"org": org, "kind": kind, "sign_key": p.sign_key, "enc_key": p.enc_key})
+            founding.append(
+                {"org": org, "kind": kind, "sign_key": p.sign_key, "enc_key": p.enc_key}
+            )
         self.genesis = Genesis.create("sim", T0, founding, [orgs[0][0]])
         self.state = MemoryState()
         g = genesis_block(self.genesis)
-        self.state.apply(genesis_delta(self.genesis), [hashlib.sha256(self.genesis.to_bytes()).hexdigest()])
+        self.state.apply(
+            genesis_delta(self.genesis), [hashlib.sha256(self.genesis.to_bytes()).hexdigest()]
+        )
         self.head = ChainHead(0, g.hash, g.time)
         self.blocks: list[Block] = [g]
         self.time = T0 + 1000
@@ -84,7 +95,9 @@ class LedgerSim:
             self.orderer,
             self.keys[self.orderer].signer,
         )
-        result = apply_block(self.state, self.genesis, self.head, block, list(self.state.tables["org"]))
+        result = apply_block(
+            self.state, self.genesis, self.head, block, list(self.state.tables["org"])
+        )
         self.state.apply(result.delta, result.delta.tx_ids)
         self.head = ChainHead(block.height, block.hash, block.time)
         self.blocks.append(block)

@@ -200,7 +200,12 @@ def test_malformed_and_stale_transactions(sim: LedgerSim) -> None:
 
 def test_org_enrol_needs_majority(sim: LedgerSim) -> None:
     newcomer = sim._principal("lab-baru")
-    body = {"org": "lab-baru", "kind": "lab", "sign_key": newcomer.sign_key, "enc_key": newcomer.enc_key}
+    body = {
+        "org": "lab-baru",
+        "kind": "lab",
+        "sign_key": newcomer.sign_key,
+        "enc_key": newcomer.enc_key,
+    }
     alone = sim.one(sim.tx("clinic-a", "org.enrol", body))
     assert alone.code == "quorum"
     two = sim.one(sim.tx("clinic-a", "org.enrol", body, cosigners=["clinic-b"]))
@@ -222,10 +227,14 @@ def test_emergency_access_is_time_limited(sim: LedgerSim) -> None:
         "expires": sim.time + 60_000,
     }
     assert sim.one(sim.tx(doctor_b, "emergency.open", body)).valid
-    ok = sim.read(doctor_b, patient, record, basis="emergency", basis_ref=access, purpose="emergency")
+    ok = sim.read(
+        doctor_b, patient, record, basis="emergency", basis_ref=access, purpose="emergency"
+    )
     assert ok.valid
     sim.time += 120_000
-    late = sim.read(doctor_b, patient, record, basis="emergency", basis_ref=access, purpose="emergency")
+    late = sim.read(
+        doctor_b, patient, record, basis="emergency", basis_ref=access, purpose="emergency"
+    )
     assert late.code == "emergency_expired"
     too_long = dict(body, access=new_id("emergency"), expires=sim.time + 2 * DAY)
     assert sim.one(sim.tx(doctor_b, "emergency.open", too_long)).code == "bad_period"
@@ -245,7 +254,9 @@ def test_dispense_once_with_pharmacy_consent(sim: LedgerSim) -> None:
         "basis_ref": None,
     }
     assert sim.one(sim.tx(pharmacist, "prescription.dispense", body)).code == "no_basis"
-    consent, _ = sim.grant(patient, patient, "pharma", types=["MedicationRequest"], purpose="dispensing")
+    consent, _ = sim.grant(
+        patient, patient, "pharma", types=["MedicationRequest"], purpose="dispensing"
+    )
     body["basis_ref"] = consent
     assert sim.one(sim.tx(pharmacist, "prescription.dispense", body)).valid
     again = dict(body)
@@ -256,10 +267,12 @@ def test_erase_marks_record_and_blocks_reads(sim: LedgerSim) -> None:
     doctor = sim.enrol("clinic-a", "doctor")
     patient = sim.register("clinic-a")
     record, _ = sim.write(doctor, patient)
-    assert sim.one(sim.tx(doctor, "record.erase", {"record": record, "reason": "patient_request"})).code == (
-        "not_authorised"
-    )
-    assert sim.one(sim.tx(patient, "record.erase", {"record": record, "reason": "patient_request"})).valid
+    assert sim.one(
+        sim.tx(doctor, "record.erase", {"record": record, "reason": "patient_request"})
+    ).code == ("not_authorised")
+    assert sim.one(
+        sim.tx(patient, "record.erase", {"record": record, "reason": "patient_request"})
+    ).valid
     assert sim.read(doctor, patient, record).code == "erased"
 
 
@@ -279,9 +292,15 @@ def test_block_level_failures(sim: LedgerSim) -> None:
     signer = sim.keys["clinic-a"].signer
     head = sim.head
     wrong_prev = cut_block(network, head.height + 1, "00" * 32, sim.time, [tx], "clinic-a", signer)
-    wrong_height = cut_block(network, head.height + 2, head.hash, sim.time, [tx], "clinic-a", signer)
-    not_orderer = cut_block(network, head.height + 1, head.hash, sim.time, [tx], "clinic-b", sim.keys["clinic-b"].signer)
-    forged = cut_block(network, head.height + 1, head.hash, sim.time, [tx], "clinic-a", sim.keys["clinic-b"].signer)
+    wrong_height = cut_block(
+        network, head.height + 2, head.hash, sim.time, [tx], "clinic-a", signer
+    )
+    not_orderer = cut_block(
+        network, head.height + 1, head.hash, sim.time, [tx], "clinic-b", sim.keys["clinic-b"].signer
+    )
+    forged = cut_block(
+        network, head.height + 1, head.hash, sim.time, [tx], "clinic-a", sim.keys["clinic-b"].signer
+    )
     orgs = list(sim.state.tables["org"])
     for block, message in (
         (wrong_prev, "previous hash"),
@@ -317,8 +336,14 @@ grants = st.lists(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(grants=grants, rtype=st.sampled_from(RESOURCE_TYPES), purpose=st.sampled_from(["treatment", "dispensing"]))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    grants=grants,
+    rtype=st.sampled_from(RESOURCE_TYPES),
+    purpose=st.sampled_from(["treatment", "dispensing"]),
+)
 def test_consent_model_matches_a_plain_reading(grants: list, rtype: str, purpose: str) -> None:
     """A read on a consent basis is valid exactly when the plain-language rule says so."""
     sim = LedgerSim()
@@ -332,12 +357,16 @@ def test_consent_model_matches_a_plain_reading(grants: list, rtype: str, purpose
     made = []
     for who, types, gpurpose, start_off, length, revoke in grants:
         start = sim.time + start_off * 1000
-        consent, result = sim.grant(patient, patient, names[who], sorted(types), gpurpose, start, start + length * 1000)
+        consent, result = sim.grant(
+            patient, patient, names[who], sorted(types), gpurpose, start, start + length * 1000
+        )
         if not result.valid:
             continue
         if revoke:
             sim.one(sim.tx(patient, "consent.revoke", {"consent": consent}))
-        made.append((consent, names[who], sorted(types), gpurpose, start, start + length * 1000, revoke))
+        made.append(
+            (consent, names[who], sorted(types), gpurpose, start, start + length * 1000, revoke)
+        )
     sim.time += 1
     for consent, grantee, types, gpurpose, start, end, revoked in made:
         expected = (
@@ -347,10 +376,14 @@ def test_consent_model_matches_a_plain_reading(grants: list, rtype: str, purpose
             and writable in types
             and gpurpose == purpose
         )
-        result = sim.read(doctor_b, patient, record, basis="consent", basis_ref=consent, purpose=purpose)
+        result = sim.read(
+            doctor_b, patient, record, basis="consent", basis_ref=consent, purpose=purpose
+        )
         assert result.valid == expected, (result.code, consent)
     # No consent at all means no consent basis: the empty policy denies.
-    none = sim.read(doctor_b, patient, record, basis="consent", basis_ref=new_id("consent"), purpose=purpose)
+    none = sim.read(
+        doctor_b, patient, record, basis="consent", basis_ref=new_id("consent"), purpose=purpose
+    )
     assert not none.valid
 
 

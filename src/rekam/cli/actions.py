@@ -18,14 +18,19 @@ import typer
 
 from rekam.service.workspace import Actor, Workspace
 
-record_app = typer.Typer(help="Write and read records as a member or patient (every read is audited).")
+record_app = typer.Typer(
+    help="Write and read records as a member or patient (every read is audited)."
+)
 consent_app = typer.Typer(help="Grant and revoke consent, and break the glass in an emergency.")
 member_app = typer.Typer(help="Enrol and revoke members of an organisation.")
 patient_app = typer.Typer(help="Register patients under a pseudonymous id.")
 
-AsOpt = Annotated[str, typer.Option("--as", help="Who acts: an id or a demo name (see demo-credentials.json).")]
+AsOpt = Annotated[
+    str, typer.Option("--as", help="Who acts: an id or a demo name (see demo-credentials.json).")
+]
 PassEnv = Annotated[
-    str | None, typer.Option("--passphrase-env", help="Environment variable holding the passphrase.")
+    str | None,
+    typer.Option("--passphrase-env", help="Environment variable holding the passphrase."),
 ]
 
 
@@ -97,7 +102,9 @@ def record_read(
     who: AsOpt,
     record: Annotated[str, typer.Argument(help="The record id (r-...).")],
     version: Annotated[int | None, typer.Option(help="A version (default: latest).")] = None,
-    purpose: Annotated[str, typer.Option(help="treatment, dispensing, referral, emergency, own.")] = "treatment",
+    purpose: Annotated[
+        str, typer.Option(help="treatment, dispensing, referral, emergency, own.")
+    ] = "treatment",
     passphrase_env: PassEnv = None,
 ) -> None:
     """Read a record: the access is checked and committed to the chain before content is shown."""
@@ -124,7 +131,10 @@ def record_list(
         rows = ws.records.for_patient(patient)
     for key, row in rows:
         state = "erased" if row["erased"] else f"v{row['version']}"
-        console.print(f"{key}  {row['resource_type']:<18} {state:<7} by {row['author_org']}  {_when(row['updated'])}")
+        console.print(
+            f"{key}  {row['resource_type']:<18} {state:<7} "
+            f"by {row['author_org']}  {_when(row['updated'])}"
+        )
 
 
 @record_app.command("erase")
@@ -132,7 +142,9 @@ def record_erase(
     data_dir: Annotated[Path, typer.Option("--data-dir", "-d")],
     who: AsOpt,
     record: Annotated[str, typer.Argument(help="The record id (r-...).")],
-    reason: Annotated[str, typer.Option(help="patient_request, legal_order, entered_in_error.")] = "patient_request",
+    reason: Annotated[
+        str, typer.Option(help="patient_request, legal_order, entered_in_error.")
+    ] = "patient_request",
     passphrase_env: PassEnv = None,
 ) -> None:
     """Erase a record: its content and keys are destroyed; the chain keeps a tombstone."""
@@ -168,7 +180,9 @@ def consent_grant(
     patient: Annotated[str, typer.Option(help="The patient's id (p-...).")],
     grantee: Annotated[str, typer.Option(help="A member id (m-...) or an organisation slug.")],
     types: Annotated[str, typer.Option(help="Comma-separated FHIR resource types, or *.")] = "*",
-    purpose: Annotated[str, typer.Option(help="treatment, dispensing, referral, research, insurance.")] = "treatment",
+    purpose: Annotated[
+        str, typer.Option(help="treatment, dispensing, referral, research, insurance.")
+    ] = "treatment",
     days: Annotated[int, typer.Option(min=1, help="How long the consent lasts.")] = 30,
     passphrase_env: PassEnv = None,
 ) -> None:
@@ -178,7 +192,12 @@ def consent_grant(
     with _workspace(data_dir) as ws:
         actor = resolve_actor(ws, who, passphrase_env)
         grant = ws.consent.grant(
-            actor, patient, grantee, resource_types=[t.strip() for t in types.split(",")], purpose=purpose, days=days
+            actor,
+            patient,
+            grantee,
+            resource_types=[t.strip() for t in types.split(",")],
+            purpose=purpose,
+            days=days,
         )
     console.print(f"consent {grant.consent} granted in tx {grant.tx_id}")
 
@@ -210,7 +229,9 @@ def consent_list(
         rows = ws.consent.active_for_patient(patient)
     for key, row in rows:
         types = ",".join(row["resource_types"])
-        console.print(f"{key}  to {row['grantee']}  {types}  for {row['purpose']}  until {_when(row['end'])}")
+        console.print(
+            f"{key}  to {row['grantee']}  {types}  for {row['purpose']}  until {_when(row['end'])}"
+        )
 
 
 @consent_app.command("emergency")
@@ -218,7 +239,9 @@ def consent_emergency(
     data_dir: Annotated[Path, typer.Option("--data-dir", "-d")],
     who: AsOpt,
     patient: Annotated[str, typer.Option(help="The patient's id (p-...).")],
-    reason: Annotated[str, typer.Option(help="unconscious, life_threatening, unable_to_consent, urgent_transfer.")],
+    reason: Annotated[
+        str, typer.Option(help="unconscious, life_threatening, unable_to_consent, urgent_transfer.")
+    ],
     minutes: Annotated[int, typer.Option(min=1, max=1440)] = 60,
     passphrase_env: PassEnv = None,
 ) -> None:
@@ -226,8 +249,12 @@ def consent_emergency(
     from rekam.cli.main import _workspace, console
 
     with _workspace(data_dir) as ws:
-        access, result = ws.consent.emergency(resolve_actor(ws, who, passphrase_env), patient, reason, minutes)
-    console.print(f"[bold red]EMERGENCY ACCESS[/] {access} opened for {minutes} min in tx {result.tx_id}")
+        access, result = ws.consent.emergency(
+            resolve_actor(ws, who, passphrase_env), patient, reason, minutes
+        )
+    console.print(
+        f"[bold red]EMERGENCY ACCESS[/] {access} opened for {minutes} min in tx {result.tx_id}"
+    )
 
 
 # -- members and patients --------------------------------------------------------------------------
@@ -237,8 +264,12 @@ def consent_emergency(
 def member_enrol(
     data_dir: Annotated[Path, typer.Option("--data-dir", "-d")],
     who: AsOpt,
-    role: Annotated[str, typer.Option(help="admin, doctor, nurse, pharmacist, lab_analyst, registrar.")],
-    name: Annotated[str, typer.Option(help="Display name kept in this node's directory only.")] = "",
+    role: Annotated[
+        str, typer.Option(help="admin, doctor, nurse, pharmacist, lab_analyst, registrar.")
+    ],
+    name: Annotated[
+        str, typer.Option(help="Display name kept in this node's directory only.")
+    ] = "",
     passphrase_env: PassEnv = None,
     new_passphrase_env: Annotated[
         str | None, typer.Option(help="Environment variable with the new member's passphrase.")
@@ -276,7 +307,8 @@ def patient_register(
     data_dir: Annotated[Path, typer.Option("--data-dir", "-d")],
     who: AsOpt,
     demographics: Annotated[
-        Path | None, typer.Option(help="A FHIR Patient resource (name, NIK, contact), stored encrypted.")
+        Path | None,
+        typer.Option(help="A FHIR Patient resource (name, NIK, contact), stored encrypted."),
     ] = None,
     passphrase_env: PassEnv = None,
     new_passphrase_env: Annotated[

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rekam.service.datadir import DataDir, DataDirError
+from rekam.service.datadir import DataDirError
 from rekam.service.errors import ServiceError
 from rekam.service.workspace import OrgSpec, Workspace
 
@@ -26,7 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 receipt_app = typer.Typer(help="Export a record's or transaction's receipt, or verify one offline.")
-bench_app = typer.Typer(help="Measure throughput beside baselines from the same run (JSON with --json).")
+bench_app = typer.Typer(
+    help="Measure throughput beside baselines from the same run (JSON with --json)."
+)
 keys_app = typer.Typer(help="Export the network's public keys for offline verification.")
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(bench_app, name="bench")
@@ -40,6 +42,7 @@ def _register_actions() -> None:
     app.add_typer(consent_app, name="consent")
     app.add_typer(member_app, name="member")
     app.add_typer(patient_app, name="patient")
+
 
 console = Console()
 err = Console(stderr=True)
@@ -91,8 +94,12 @@ def init(
         list[str] | None,
         typer.Option(help="A founding organisation as slug:kind[:label]; repeat for each."),
     ] = None,
-    kdf: Annotated[str, typer.Option(help="Keystore cost: standard, or fast for tests.")] = "standard",
-    store: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in the folder).")] = None,
+    kdf: Annotated[
+        str, typer.Option(help="Keystore cost: standard, or fast for tests.")
+    ] = "standard",
+    store: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in the folder).")
+    ] = None,
 ) -> None:
     """Create a new network from a genesis in an empty data folder."""
     specs = []
@@ -109,13 +116,18 @@ def init(
         console.print(f"network [bold]{network}[/] created: id {ws.node.network_id}")
         console.print(f"data folder: {data_dir.resolve()}")
         for spec in specs:
-            console.print(f"  organisation {spec.org} ({spec.kind}) - keystore and passphrase in keys/ and secrets/")
+            console.print(
+                f"  organisation {spec.org} ({spec.kind}): "
+                "keystore in keys/, its passphrase file in secrets/"
+            )
 
 
 @app.command()
 def demo(
     data_dir: DataDirOpt = Path("demo-data"),
-    patients: Annotated[int, typer.Option(min=2, max=50, help="Synthetic patients to register.")] = 3,
+    patients: Annotated[
+        int, typer.Option(min=2, max=50, help="Synthetic patients to register.")
+    ] = 3,
     kdf: Annotated[str, typer.Option(help="Keystore cost: standard, or fast.")] = "standard",
 ) -> None:
     """Build a demo network (2 clinics, a lab, a pharmacy) and play the whole story."""
@@ -124,8 +136,12 @@ def demo(
     if data_dir.exists() and any(data_dir.iterdir()):
         raise _fail(f"{data_dir} is not empty; pass a new --data-dir or remove it")
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     ) as progress:
         task = progress.add_task("demo", total=total_steps(patients))
 
@@ -145,9 +161,12 @@ def demo(
     console.print(f"[bold]verify:[/] {result.report.summary()}")
     console.print(f"receipt of the first diagnosis: {result.receipt_path}")
     console.print(f"\ndata folder: [bold]{data_dir.resolve()}[/]")
-    console.print(f"demo identities and passphrases: {data_dir.resolve() / 'demo-credentials.json'}")
     console.print(
-        f"try: rekam audit -d {data_dir} --patient {result.patients[0]['id']}  |  rekam verify -d {data_dir}"
+        f"demo identities and passphrases: {data_dir.resolve() / 'demo-credentials.json'}"
+    )
+    console.print(
+        f"try: rekam audit -d {data_dir} --patient {result.patients[0]['id']}"
+        f"  |  rekam verify -d {data_dir}"
     )
     if not result.report.ok:
         raise typer.Exit(1)
@@ -186,8 +205,18 @@ def verify(data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
     with _workspace(data_dir) as ws:
         report = verify_chain(ws.node.store, ws.genesis, ws.node.blobs)
     if as_json:
-        print(json.dumps({"ok": report.ok, "summary": report.summary(), "problem": report.problem,
-                          "height": report.height, "txs": report.txs, "seconds": report.seconds}))
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "summary": report.summary(),
+                    "problem": report.problem,
+                    "height": report.height,
+                    "txs": report.txs,
+                    "seconds": report.seconds,
+                }
+            )
+        )
     else:
         (console if report.ok else err).print(report.summary())
     raise typer.Exit(0 if report.ok else 1)
@@ -220,7 +249,10 @@ def rebuild(data_dir: DataDirOpt) -> None:
             report = rebuild_state(ws.node.store, ws.genesis)
         except VerifyFailure as exc:
             raise _fail(f"cannot rebuild: {exc}") from None
-    console.print(f"rebuilt {report.state_rows} state rows from {report.height + 1} blocks in {report.seconds:.2f}s")
+    console.print(
+        f"rebuilt {report.state_rows} state rows from {report.height + 1} blocks "
+        f"in {report.seconds:.2f}s"
+    )
 
 
 @app.command()
@@ -250,11 +282,17 @@ def status(data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
 @receipt_app.callback(invoke_without_command=True)
 def receipt(
     ctx: typer.Context,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", "-d", help="The node's data folder.")] = None,
-    record: Annotated[str | None, typer.Option(help="A record id (r-...): prove its version.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", "-d", help="The node's data folder.")
+    ] = None,
+    record: Annotated[
+        str | None, typer.Option(help="A record id (r-...): prove its version.")
+    ] = None,
     version: Annotated[int | None, typer.Option(help="Record version (default: latest).")] = None,
     tx: Annotated[str | None, typer.Option(help="A transaction id instead of a record.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write the receipt here (default: stdout).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the receipt here (default: stdout).")
+    ] = None,
 ) -> None:
     """Export the inclusion receipt of a record version or transaction (cosigned checkpoint)."""
     if ctx.invoked_subcommand is not None:
@@ -275,7 +313,9 @@ def receipt(
                 raise _fail("unknown record version")
             tx_id = row["tx"]
         assert tx_id is not None
-        checkpoint = make_checkpoint(store, ws.node.network_id, {o: i.signer for o, i in ws.org_identities.items()})
+        checkpoint = make_checkpoint(
+            store, ws.node.network_id, {o: i.signer for o, i in ws.org_identities.items()}
+        )
         try:
             doc = build_receipt(store, tx_id, checkpoint)
         except ReceiptError as exc:
@@ -298,7 +338,9 @@ def receipt_verify(
     from rekam.service.proofs import ReceiptError, load_json, verify_receipt
 
     try:
-        check = verify_receipt(load_json(path.read_bytes()), load_json(keys.read_bytes()), min_cosigners)
+        check = verify_receipt(
+            load_json(path.read_bytes()), load_json(keys.read_bytes()), min_cosigners
+        )
     except (ReceiptError, OSError) as exc:
         raise _fail(f"receipt does NOT verify: {exc}") from None
     state = "valid" if check.valid else f"INVALID ({check.code})"
@@ -332,7 +374,9 @@ def _bench_out(result: dict[str, Any], as_json: bool) -> None:
 @bench_app.command("commit")
 def bench_commit(
     data_dir: DataDirOpt,
-    txs: Annotated[int, typer.Option(min=1, help="How many signed record writes to commit.")] = 5000,
+    txs: Annotated[
+        int, typer.Option(min=1, help="How many signed record writes to commit.")
+    ] = 5000,
     as_json: JsonOpt = False,
 ) -> None:
     """Committed tx/s for already-signed record writes, beside raw Ed25519 and plain SQLite."""

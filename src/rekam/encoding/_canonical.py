@@ -6,9 +6,11 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from typing import Any
 
 MAX_SAFE_INTEGER = 2**53 - 1
+_HEX = re.compile(r"(?:[0-9a-f]{2})*")
 _MAX_DEPTH = 32
 
 
@@ -18,8 +20,9 @@ class CanonicalError(ValueError):
 
 def _utf16_key(key: str) -> bytes:
     # RFC 8785 section 3.2.3 orders member names by their UTF-16 code units; that differs from
-    # Python's code-point order only when astral characters meet U+E000..U+FFFF.
-    return key.encode("utf-16-be")
+    # Python's code-point order only when astral characters meet U+E000..U+FFFF. A lone
+    # surrogate passes here and is refused when the text is encoded as UTF-8.
+    return key.encode("utf-16-be", "surrogatepass")
 
 
 def _check(value: Any, depth: int) -> bool:
@@ -104,6 +107,14 @@ def _no_constant(text: str) -> Any:
 
 def parse(data: bytes | str, *, require_canonical: bool = False) -> Any:
     """Parse JSON, refusing duplicate keys and floats; optionally insist the input is canonical."""
+    if isinstance(data, bytes | bytearray):
+        # json.loads would guess UTF-16/32 and let surrogates through; we accept UTF-8 only.
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CanonicalError("not UTF-8") from None
+        if data.startswith("\ufeff"):
+            raise CanonicalError("a byte order mark is not allowed")
     try:
         value = json.loads(
             data,
@@ -116,11 +127,15 @@ def parse(data: bytes | str, *, require_canonical: bool = False) -> Any:
     except (ValueError, RecursionError) as exc:
         raise CanonicalError("not valid JSON") from exc
     if require_canonical:
-        raw = data.encode("utf-8") if isinstance(data, str) else data
+        try:
+            raw = data.encode("utf-8") if isinstance(data, str) else data
+        except UnicodeEncodeError:
+            raise CanonicalError("string holds an unpaired surrogate") from None
         if canonical(value) != raw:
             raise CanonicalError("bytes are not in canonical form")
     else:
-        _check(value, 0)
+        # Encoding once checks every rule (types, ranges, surrogates) in one place.
+        canonical(value)
     return value
 
 
@@ -149,8 +164,8 @@ def b64d(text: str) -> bytes:
 
 def from_hex(text: str, length: int | None = None) -> bytes:
     """Decode lowercase hex of an expected byte length."""
-    if not isinstance(text, str) or text != text.lower():
-        raise CanonicalError("hex must be lowercase")
+    if not isinstance(text, str) or not _HEX.fullmatch(text):
+        raise CanonicalError("hex must be lowercase hex digits")
     try:
         raw = bytes.fromhex(text)
     except ValueError as exc:

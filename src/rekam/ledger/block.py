@@ -24,7 +24,7 @@ from rekam.crypto import Signer, verify_signature
 from rekam.encoding import CanonicalError, b64d, b64e, canonical, parse
 from rekam.ledger._errors import GenesisError, MalformedError
 from rekam.ledger.merkle import leaf_hash, root_from_leaf_hashes
-from rekam.ledger.tx import ORG_KINDS, ORG_RE, Transaction
+from rekam.ledger.tx import HEX64, ORG_KINDS, ORG_RE, Transaction, id_kind
 
 BLOCK_VERSION = 1
 BLOCK_DOMAIN = b"rekam/block/v1\n"
@@ -122,7 +122,9 @@ class Genesis:
             "policy",
         }:
             raise GenesisError("genesis must have exactly v, name, created, orgs, orderers, policy")
-        if doc["v"] != 1 or not isinstance(doc["name"], str) or not ORG_RE.match(doc["name"]):
+        if type(doc["v"]) is not int or doc["v"] != 1:
+            raise GenesisError("unsupported genesis version")
+        if not isinstance(doc["name"], str) or not ORG_RE.fullmatch(doc["name"]):
             raise GenesisError("genesis name must be a lowercase slug")
         if type(doc["created"]) is not int or doc["created"] < 0:
             raise GenesisError("genesis created must be a non-negative integer")
@@ -133,21 +135,28 @@ class Genesis:
         for org in orgs:
             if not isinstance(org, dict) or org.keys() != {"org", "kind", "sign_key", "enc_key"}:
                 raise GenesisError("each organisation needs exactly org, kind, sign_key, enc_key")
-            if not isinstance(org["org"], str) or not ORG_RE.match(org["org"]):
+            if not isinstance(org["org"], str) or id_kind(org["org"]) != "org":
                 raise GenesisError("organisation ids are lowercase slugs")
             if org["kind"] not in ORG_KINDS:
                 raise GenesisError("unknown organisation kind")
             try:
                 if len(b64d(org["sign_key"])) != 32:
                     raise GenesisError("sign_key must be 32 bytes")
-                b64d(org["enc_key"])
+                if not 16 <= len(b64d(org["enc_key"])) <= 2048:
+                    raise GenesisError("enc_key has an impossible length")
             except CanonicalError:
                 raise GenesisError("organisation keys must be base64url") from None
             if org["org"] in seen:
                 raise GenesisError("duplicate organisation")
             seen.add(org["org"])
-        if not doc["orderers"] or not set(doc["orderers"]) <= seen:
-            raise GenesisError("orderers must be founding organisations")
+        orderers = doc["orderers"]
+        if (
+            not isinstance(orderers, list)
+            or not orderers
+            or not all(isinstance(o, str) and o in seen for o in orderers)
+            or len(set(orderers)) != len(orderers)
+        ):
+            raise GenesisError("orderers must be a list of distinct founding organisations")
         policy = doc["policy"]
         if not isinstance(policy, dict) or policy.keys() != DEFAULT_POLICY.keys():
             raise GenesisError(f"policy must have exactly {sorted(DEFAULT_POLICY)}")
@@ -214,6 +223,10 @@ class Block:
             doc = parse(raw, require_canonical=True)
             if not isinstance(doc, dict) or doc.keys() != {"header", "sig", "txs"}:
                 raise MalformedError("block must have exactly header, sig, txs")
+            if not isinstance(doc["txs"], list) or not isinstance(doc["sig"], str):
+                raise MalformedError("block txs must be a list and sig a string")
+            if not all(isinstance(t, str) for t in doc["txs"]):
+                raise MalformedError("block txs must be base64url strings")
             block = cls(doc["header"], b64d(doc["sig"]), tuple(b64d(t) for t in doc["txs"]))
         except (CanonicalError, TypeError) as exc:
             raise MalformedError(f"block bytes: {exc}") from None
@@ -231,10 +244,12 @@ def check_header(header: Any) -> None:
             raise MalformedError(f"header {name} must be a non-negative integer")
     for name in ("network", "prev", "tx_root"):
         value = header[name]
-        if not isinstance(value, str) or len(value) != 64 or value != value.lower():
+        if not isinstance(value, str) or not HEX64.fullmatch(value):
             raise MalformedError(f"header {name} must be 64 lowercase hex digits")
-    if header["v"] != BLOCK_VERSION or not isinstance(header["orderer"], str):
-        raise MalformedError("unsupported block version or orderer")
+    if type(header["v"]) is not int or header["v"] != BLOCK_VERSION:
+        raise MalformedError("unsupported block version")
+    if id_kind(header["orderer"]) != "org":
+        raise MalformedError("header orderer must be an organisation id")
 
 
 def tx_root(txs: Sequence[bytes]) -> str:
@@ -315,6 +330,13 @@ class Checkpoint:
             "blocks_root",
         }:
             raise MalformedError("checkpoint body must have network, height, head, blocks_root")
+        if type(body["height"]) is not int or body["height"] < 0:
+            raise MalformedError("checkpoint height must be a non-negative integer")
+        for name in ("network", "head", "blocks_root"):
+            if not isinstance(body[name], str) or not HEX64.fullmatch(body[name]):
+                raise MalformedError(f"checkpoint {name} must be 64 lowercase hex digits")
+        if any(id_kind(by) != "org" for by, _ in sigs):
+            raise MalformedError("checkpoint signers must be organisation ids")
         return cls(body, sigs)
 
     def valid_signers(self, keys: Mapping[str, bytes]) -> list[str]:

@@ -100,7 +100,9 @@ def principal_key(st: StateReader, principal: str, time: int) -> str:
     raise Reject("unknown_signer")
 
 
-def authenticate(st: StateReader, tx: Transaction, sig_ok: tuple[bool, ...], time: int) -> list[str]:
+def authenticate(
+    st: StateReader, tx: Transaction, sig_ok: tuple[bool, ...], time: int
+) -> list[str]:
     """Check every signature against the signer's key on record; returns the signer ids."""
     for ok, signature in zip(sig_ok, tx.signatures, strict=True):
         if not ok:
@@ -122,7 +124,9 @@ def _acts_for_org(st: StateReader, signer: str, org: str, time: int) -> bool:
     return signer == org or _member_of(st, signer, org, frozenset({"admin"}), time)
 
 
-def _acts_for_patient(st: StateReader, signer: str, patient: Row, patient_id: str, time: int) -> bool:
+def _acts_for_patient(
+    st: StateReader, signer: str, patient: Row, patient_id: str, time: int
+) -> bool:
     """The patient, or their home organisation (itself or an admin) on their behalf."""
     return signer == patient_id or _acts_for_org(st, signer, patient["home_org"], time)
 
@@ -244,7 +248,9 @@ def _org_quorum(st: StateReader, signers: list[str], all_orgs: list[str]) -> Non
         raise Reject("quorum")
 
 
-def org_enrol(st: StateReader, ctx: Context, tx: Transaction, signers: list[str], orgs: list[str]) -> list[Write]:
+def org_enrol(
+    st: StateReader, ctx: Context, tx: Transaction, signers: list[str], orgs: list[str]
+) -> list[Write]:
     """A new organisation joins with signatures from a majority of active organisations."""
     b = tx.body
     if st.get("org", b["org"]) is not None:
@@ -260,7 +266,9 @@ def org_enrol(st: StateReader, ctx: Context, tx: Transaction, signers: list[str]
     return [("org", b["org"], row)]
 
 
-def org_revoke(st: StateReader, ctx: Context, tx: Transaction, signers: list[str], orgs: list[str]) -> list[Write]:
+def org_revoke(
+    st: StateReader, ctx: Context, tx: Transaction, signers: list[str], orgs: list[str]
+) -> list[Write]:
     """An organisation is removed by a majority of active organisations."""
     row = dict(_need(st, "org", tx.body["org"], "unknown_org"))
     if not row["active"]:
@@ -676,15 +684,44 @@ RULES: dict[str, Rule] = {
 QUORUM_RULES = {"org.enrol": org_enrol, "org.revoke": org_revoke}
 
 
+# Which body fields name state rows, and in which table (None: the id's own kind decides).
+_ROW_FIELDS: dict[str, tuple[tuple[str, str | None], ...]] = {
+    "org.enrol": (("org", "org"),),
+    "org.revoke": (("org", "org"),),
+    "member.enrol": (("member", "member"), ("org", "org")),
+    "member.revoke": (("member", "member"),),
+    "key.rotate": (("subject", None),),
+    "patient.register": (("patient", "patient"), ("home_org", "org")),
+    "record.write": (("record", "record"), ("patient", "patient"), ("basis_ref", None)),
+    "record.erase": (("record", "record"),),
+    "consent.grant": (("consent", "consent"), ("patient", "patient"), ("grantee", None)),
+    "consent.revoke": (("consent", "consent"),),
+    "access.read": (
+        ("patient", "patient"),
+        ("record", "record"),
+        ("accessor", None),
+        ("basis_ref", None),
+    ),
+    "emergency.open": (("access", "emergency"), ("patient", "patient"), ("member", "member")),
+    "prescription.dispense": (
+        ("prescription", "record"),
+        ("pharmacy", "org"),
+        ("dispense_record", "record"),
+        ("basis_ref", None),
+    ),
+}
+
+
 def state_keys(tx: Transaction) -> dict[str, set[str]]:
     """The state rows a transaction's rule may read, so a store can prefetch them in bulk."""
     b = tx.body
-    wanted: dict[str, set[str]] = {"member": set(), "patient": set(), "record": set()}
-    for value in (tx.signer, *(s.by for s in tx.signatures), *b.values()):
-        if isinstance(value, str):
-            kind = id_kind(value)
-            if kind in ("member", "patient", "record", "consent", "emergency", "org"):
-                wanted.setdefault(str(kind), set()).add(value)
+    wanted: dict[str, set[str]] = {}
+    for principal in {tx.signer, *(s.by for s in tx.signatures)}:
+        wanted.setdefault(str(id_kind(principal)), set()).add(principal)
+    for field, table in _ROW_FIELDS[tx.type]:
+        value = b[field]
+        if value is not None:
+            wanted.setdefault(table or str(id_kind(value)), set()).add(value)
     if tx.type in ("record.write", "access.read"):
         wanted.setdefault("record_version", set()).add(f"{b['record']}@{b['version']}")
     return wanted

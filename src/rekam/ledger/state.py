@@ -32,104 +32,105 @@ def _t(name: str, *cols: tuple[str, ColumnType, bool]) -> TableSpec:
     return TableSpec(name, cols)
 
 
-S: ColumnType = "str"
-I: ColumnType = "int"
-B: ColumnType = "bool"
-L: ColumnType = "strlist"
+_S: ColumnType = "str"
+_I: ColumnType = "int"
+_B: ColumnType = "bool"
+_L: ColumnType = "strlist"
 
 TABLES: tuple[TableSpec, ...] = (
     # Organisations: clinics, hospitals, labs and pharmacies (keyed by their public slug).
     _t(
         "org",
-        ("kind", S, False),
-        ("sign_key", S, False),
-        ("enc_key", S, False),
-        ("active", B, False),
-        ("since", I, False),
+        ("kind", _S, False),
+        ("sign_key", _S, False),
+        ("enc_key", _S, False),
+        ("active", _B, False),
+        ("since", _I, False),
     ),
     # Members enrolled by an organisation with one role and a validity window.
     _t(
         "member",
-        ("org", S, False),
-        ("role", S, False),
-        ("sign_key", S, False),
-        ("enc_key", S, False),
-        ("valid_from", I, False),
-        ("valid_until", I, False),
-        ("revoked", B, False),
+        ("org", _S, False),
+        ("role", _S, False),
+        ("sign_key", _S, False),
+        ("enc_key", _S, False),
+        ("valid_from", _I, False),
+        ("valid_until", _I, False),
+        ("revoked", _B, False),
     ),
     # Patients by random pseudonymous id; nothing identifying is ever stored here.
     _t(
         "patient",
-        ("home_org", S, False),
-        ("sign_key", S, False),
-        ("enc_key", S, False),
-        ("registered", I, False),
+        ("home_org", _S, False),
+        ("sign_key", _S, False),
+        ("enc_key", _S, False),
+        ("registered", _I, False),
     ),
     # The head of every record: its latest version and whether it was erased or dispensed.
     _t(
         "record",
-        ("patient", S, False),
-        ("resource_type", S, False),
-        ("version", I, False),
-        ("content_hash", S, False),
-        ("author", S, False),
-        ("author_org", S, False),
-        ("created", I, False),
-        ("updated", I, False),
-        ("erased", B, False),
-        ("dispensed", B, False),
+        ("patient", _S, False),
+        ("resource_type", _S, False),
+        ("version", _I, False),
+        ("content_hash", _S, False),
+        ("author", _S, False),
+        ("author_org", _S, False),
+        ("created", _I, False),
+        ("updated", _I, False),
+        ("erased", _B, False),
+        ("dispensed", _B, False),
     ),
     # Every version of every record (keyed "record@version"); versions are never updated.
     _t(
         "record_version",
-        ("record", S, False),
-        ("version", I, False),
-        ("patient", S, False),
-        ("content_hash", S, False),
-        ("content_size", I, False),
-        ("author", S, False),
-        ("tx", S, False),
-        ("time", I, False),
+        ("record", _S, False),
+        ("version", _I, False),
+        ("patient", _S, False),
+        ("content_hash", _S, False),
+        ("content_size", _I, False),
+        ("author", _S, False),
+        ("tx", _S, False),
+        ("time", _I, False),
     ),
     _t(
         "consent",
-        ("patient", S, False),
-        ("grantee", S, False),
-        ("grantee_kind", S, False),
-        ("resource_types", L, False),
-        ("purpose", S, False),
-        ("start", I, False),
-        ("end", I, False),
-        ("revoked", B, False),
-        ("granted_by", S, False),
+        ("patient", _S, False),
+        ("grantee", _S, False),
+        ("grantee_kind", _S, False),
+        ("resource_types", _L, False),
+        ("purpose", _S, False),
+        ("start", _I, False),
+        ("end", _I, False),
+        ("revoked", _B, False),
+        ("granted_by", _S, False),
     ),
     _t(
         "emergency",
-        ("member", S, False),
-        ("patient", S, False),
-        ("reason", S, False),
-        ("start", I, False),
-        ("expires", I, False),
+        ("member", _S, False),
+        ("patient", _S, False),
+        ("reason", _S, False),
+        ("start", _I, False),
+        ("expires", _I, False),
     ),
     # Everything a patient may see about their data, keyed by transaction id.
     _t(
         "event",
-        ("patient", S, False),
-        ("time", I, False),
-        ("kind", S, False),
-        ("actor", S, False),
-        ("actor_org", S, True),
-        ("record", S, True),
-        ("version", I, True),
-        ("allowed", B, True),
-        ("basis", S, True),
-        ("basis_ref", S, True),
-        ("purpose", S, True),
+        ("patient", _S, False),
+        ("time", _I, False),
+        ("kind", _S, False),
+        ("actor", _S, False),
+        ("actor_org", _S, True),
+        ("record", _S, True),
+        ("version", _I, True),
+        ("allowed", _B, True),
+        ("basis", _S, True),
+        ("basis_ref", _S, True),
+        ("purpose", _S, True),
     ),
 )
 
 TABLE_BY_NAME: dict[str, TableSpec] = {t.name: t for t in TABLES}
+_COLUMN_SETS: dict[str, frozenset[str]] = {t.name: frozenset(t.column_names()) for t in TABLES}
 
 
 class StateReader(Protocol):
@@ -162,10 +163,9 @@ class Delta:
 
     def put(self, table: str, key: str, row: Mapping[str, Any]) -> None:
         """Record a full row for a key (insert or replace)."""
-        spec = TABLE_BY_NAME[table]
-        if set(row) != set(spec.column_names()):
-            missing = set(spec.column_names()) ^ set(row)
-            raise KeyError(f"row for {table} has wrong columns: {sorted(missing)}")
+        expected = _COLUMN_SETS[table]
+        if row.keys() != expected:
+            raise KeyError(f"row for {table} has wrong columns: {sorted(expected ^ set(row))}")
         self.tables[table][key] = dict(row)
 
     def rows(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -184,13 +184,20 @@ class Overlay:
     def __init__(self, base: StateReader, delta: Delta) -> None:
         self.base = base
         self.delta = delta
+        # The base does not change while a block is applied, so its answers are memoised:
+        # the rules ask for the same member and organisation rows several times per tx.
+        self._read: dict[tuple[str, str], Row | None] = {}
 
     def get(self, table: str, key: str) -> Row | None:
         """The pending row if this block wrote one, else the base row."""
         row = self.delta.tables[table].get(key)
         if row is not None:
             return row
-        return self.base.get(table, key)
+        try:
+            return self._read[(table, key)]
+        except KeyError:
+            base = self._read[(table, key)] = self.base.get(table, key)
+            return base
 
     def tx_seen(self, tx_id: str) -> bool:
         """Seen in this block already, or in the chain below it."""

@@ -32,16 +32,13 @@ SIGNING_DOMAIN = b"rekam/tx/v1\n"
 MAX_TX_BYTES = 16 * 1024
 MAX_SIGNATURES = 32
 
-ORG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
-_ID_RE = {
-    "member": re.compile(r"^m-[0-9a-f]{32}$"),
-    "patient": re.compile(r"^p-[0-9a-f]{32}$"),
-    "record": re.compile(r"^r-[0-9a-f]{32}$"),
-    "consent": re.compile(r"^c-[0-9a-f]{32}$"),
-    "emergency": re.compile(r"^e-[0-9a-f]{32}$"),
-}
+# Always used with fullmatch: "$" would also accept a trailing newline, giving one id two
+# spellings.
+ORG_RE = re.compile(r"[a-z0-9][a-z0-9-]{2,62}")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_ID_PREFIX = {"m": "member", "p": "patient", "r": "record", "c": "consent", "e": "emergency"}
+_ID_BODY = re.compile(r"[0-9a-f]{32}")
 
 ORG_KINDS = ("clinic", "hospital", "lab", "pharmacy")
 ROLES = ("admin", "doctor", "nurse", "pharmacist", "lab_analyst", "registrar")
@@ -67,16 +64,22 @@ ERASE_REASONS = ("patient_request", "legal_order", "entered_in_error")
 
 def new_id(kind: str) -> str:
     """A fresh random identifier of a kind (member, patient, record, consent, emergency)."""
-    prefix = {"member": "m", "patient": "p", "record": "r", "consent": "c", "emergency": "e"}
+    prefix = {v: k for k, v in _ID_PREFIX.items()}
     return f"{prefix[kind]}-{secrets.token_hex(16)}"
 
 
-def id_kind(value: str) -> str | None:
-    """Which kind of identifier a string is (org, member, patient, ...), or None."""
-    for kind, pattern in _ID_RE.items():
-        if pattern.match(value):
-            return kind
-    if ORG_RE.match(value):
+def id_kind(value: object) -> str | None:
+    """Which kind of identifier a string is (org, member, patient, ...), or None.
+
+    Random ids are a one-letter prefix, a dash and 32 lowercase hex digits; anything else
+    that is a lowercase slug is an organisation. A slug shaped like a random id is therefore
+    never an organisation, so the two can never be confused.
+    """
+    if not isinstance(value, str):
+        return None
+    if len(value) == 34 and value[1] == "-" and _ID_BODY.fullmatch(value, 2):
+        return _ID_PREFIX.get(value[0])
+    if ORG_RE.fullmatch(value):
         return "org"
     return None
 
@@ -115,7 +118,7 @@ def _bool(v: Any) -> str | None:
 
 
 def _hex64(v: Any) -> str | None:
-    return None if isinstance(v, str) and _HEX64.match(v) else "must be 64 lowercase hex digits"
+    return None if isinstance(v, str) and HEX64.fullmatch(v) else "must be 64 lowercase hex digits"
 
 
 def _key(v: Any) -> str | None:
@@ -230,7 +233,7 @@ TX_TYPES = tuple(sorted(BODY_SCHEMAS))
 
 def check_body(tx_type: str, body: Any) -> None:
     """Raise MalformedError when a body does not match its type's exact schema."""
-    schema = BODY_SCHEMAS.get(tx_type)
+    schema = BODY_SCHEMAS.get(tx_type) if isinstance(tx_type, str) else None
     if schema is None:
         raise MalformedError("unknown transaction type")
     if not isinstance(body, dict):
@@ -318,12 +321,14 @@ class Transaction:
             "signer",
             "body",
         }:
-            raise MalformedError("tx must have exactly v, network, type, created, nonce, signer, body")
-        if tx["v"] != TX_VERSION:
+            raise MalformedError(
+                "tx must have exactly v, network, type, created, nonce, signer, body"
+            )
+        if type(tx["v"]) is not int or tx["v"] != TX_VERSION:
             raise MalformedError("unsupported transaction version")
         if _hex64(tx["network"]) is not None:
             raise MalformedError("network must be 64 lowercase hex digits")
-        if not isinstance(tx["nonce"], str) or not _HEX32.match(tx["nonce"]):
+        if not isinstance(tx["nonce"], str) or not _HEX32.fullmatch(tx["nonce"]):
             raise MalformedError("nonce must be 32 lowercase hex digits")
         if _int()(tx["created"]) is not None:
             raise MalformedError("created must be a non-negative integer")

@@ -46,9 +46,7 @@ class SoloOrderer:
             if not self._queue:
                 self._first_at = time.monotonic()
             self._queue.append(tx)
-            if len(self._queue) >= self._max_txs:
-                self._cond.notify()
-            elif len(self._queue) == 1:
+            if len(self._queue) >= self._max_txs or len(self._queue) == 1:
                 self._cond.notify()
 
     def close(self) -> None:
@@ -63,7 +61,11 @@ class SoloOrderer:
             while True:
                 if self._queue:
                     waited = time.monotonic() - self._first_at
-                    if len(self._queue) >= self._max_txs or waited >= self._max_wait or self._closed:
+                    if (
+                        len(self._queue) >= self._max_txs
+                        or waited >= self._max_wait
+                        or self._closed
+                    ):
                         batch = self._queue[: self._max_txs]
                         del self._queue[: self._max_txs]
                         if self._queue:

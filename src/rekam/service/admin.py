@@ -38,7 +38,14 @@ class AdminService:
         self.ws = ws
 
     def _submit(self, actor: Actor, tx_type: str, body: Mapping[str, Any]) -> TxResult:
-        tx = make_tx(self.ws.node.network_id, tx_type, actor.id, actor.identity.signer, body, self.ws.node.clock())
+        tx = make_tx(
+            self.ws.node.network_id,
+            tx_type,
+            actor.id,
+            actor.identity.signer,
+            body,
+            self.ws.node.clock(),
+        )
         result = self.ws.node.submit_wait(tx)
         if not result.valid:
             raise RejectedError(result.code, result.tx_id)

@@ -35,7 +35,10 @@ from rekam.service.proofs import BlockLog, build_receipt, make_checkpoint, verif
 from rekam.service.verify import verify_chain
 from rekam.service.workspace import Actor, OrgSpec, Workspace
 
-BENCH_ORGS = (OrgSpec("klinik-bench", "clinic", "Bench clinic"), OrgSpec("klinik-dua", "clinic", "Second clinic"))
+BENCH_ORGS = (
+    OrgSpec("klinik-bench", "clinic", "Bench clinic"),
+    OrgSpec("klinik-dua", "clinic", "Second clinic"),
+)
 
 
 def ed25519_verify_rate(messages: list[bytes], seconds: float = 1.0) -> float:
@@ -102,7 +105,11 @@ def _signed_writes(ws: Workspace, doctor: Actor, patient: str, n: int) -> list[T
             "basis": "organisation",
             "basis_ref": None,
         }
-        txs.append(make_tx(ws.node.network_id, "record.write", doctor.id, doctor.identity.signer, body, now))
+        txs.append(
+            make_tx(
+                ws.node.network_id, "record.write", doctor.id, doctor.identity.signer, body, now
+            )
+        )
     return txs
 
 
@@ -172,7 +179,8 @@ def bench_write(parent: Path, n: int, writers: int = 32) -> dict[str, Any]:
     when = datetime.now(UTC)
     with _network(parent, "write") as (ws, doctor, patient):
         resources = [
-            synthetic.observation(rng, patient, rng.choice(synthetic.OBSERVATION_KINDS), when) for _ in range(n)
+            synthetic.observation(rng, patient, rng.choice(synthetic.OBSERVATION_KINDS), when)
+            for _ in range(n)
         ]
         started = time.perf_counter()
         with ThreadPoolExecutor(writers) as pool:
@@ -201,7 +209,9 @@ def bench_proofs(parent: Path, n: int, samples: int = 500) -> dict[str, Any]:
         started = time.perf_counter()
         log = BlockLog.build(store)
         build_seconds = time.perf_counter() - started
-        checkpoint = make_checkpoint(store, ws.node.network_id, {o: i.signer for o, i in ws.org_identities.items()}, log)
+        checkpoint = make_checkpoint(
+            store, ws.node.network_id, {o: i.signer for o, i in ws.org_identities.items()}, log
+        )
         picked = random.Random(3).sample(txs, min(samples, len(txs)))
         started = time.perf_counter()
         receipts = [build_receipt(store, t.tx_id, checkpoint, log) for t in picked]

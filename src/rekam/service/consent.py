@@ -18,7 +18,8 @@ from rekam.ledger.block import Block
 from rekam.ledger.tx import EMERGENCY_REASONS, RESOURCE_TYPES, id_kind, make_tx, new_id
 from rekam.ledger.validate import BlockResult, TxResult
 from rekam.service.errors import NotFoundError, RejectedError
-from rekam.service.records import DEK_INFO, binding
+from rekam.service.ports import ChainStore
+from rekam.service.records import DEK_INFO, binding, require
 
 if TYPE_CHECKING:
     from rekam.service.workspace import Actor, Workspace
@@ -41,11 +42,18 @@ class ConsentService:
         self.ws = ws
 
     @property
-    def _store(self) -> Any:
+    def _store(self) -> ChainStore:
         return self.ws.node.store
 
     def _submit(self, actor: Actor, tx_type: str, body: dict[str, Any]) -> TxResult:
-        tx = make_tx(self.ws.node.network_id, tx_type, actor.id, actor.identity.signer, body, self.ws.node.clock())
+        tx = make_tx(
+            self.ws.node.network_id,
+            tx_type,
+            actor.id,
+            actor.identity.signer,
+            body,
+            self.ws.node.clock(),
+        )
         result = self.ws.node.submit_wait(tx)
         if not result.valid:
             raise RejectedError(result.code, result.tx_id)
@@ -124,7 +132,7 @@ class ConsentService:
         consent = store.get("consent", consent_id)
         if consent is None or consent["revoked"]:
             return 0
-        patient = store.get("patient", consent["patient"])
+        patient = require(store, "patient", consent["patient"])
         custodian = self.ws.org_identities.get(patient["home_org"])
         if custodian is None:
             return 0  # another node holds this patient's custodian key

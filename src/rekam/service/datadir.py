@@ -78,13 +78,17 @@ class DataDir:
     def config(self) -> dict[str, Any]:
         """The parsed node configuration."""
         if not self.exists():
-            raise DataDirError(f"{self.root} is not a Rekam data folder (no rekam.json); run rekam init")
+            raise DataDirError(
+                f"{self.root} is not a Rekam data folder (no rekam.json); run rekam init"
+            )
         try:
             config: dict[str, Any] = json.loads(self.config_path.read_text("utf-8"))
         except (OSError, ValueError) as exc:
             raise DataDirError(f"cannot read {self.config_path}: {type(exc).__name__}") from None
         if config.get("format") != CONFIG_FORMAT:
-            raise DataDirError(f"{self.config_path} has format {config.get('format')!r}; expected {CONFIG_FORMAT}")
+            raise DataDirError(
+                f"{self.config_path} has format {config.get('format')!r}; expected {CONFIG_FORMAT}"
+            )
         return config
 
     def write_config(self, config: dict[str, Any]) -> None:
@@ -117,7 +121,9 @@ class DataDir:
         profile = self.config().get("kdf", "standard") if self.exists() else "standard"
         return KdfParams.fast() if profile == "fast" else KdfParams.default()
 
-    def create_keystore(self, principal: str, passphrase: str, label: str = "") -> tuple[bytes, bytes]:
+    def create_keystore(
+        self, principal: str, passphrase: str, label: str = ""
+    ) -> tuple[bytes, bytes]:
         """Generate a principal's signing and encryption keys into an encrypted keystore."""
         path = self.keystore_path(principal)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -163,7 +169,7 @@ class FolderLock:
         self._handle: TextIO | None = None
 
     def __enter__(self) -> FolderLock:
-        self._handle = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+        self._handle = open(self._path, "a", encoding="utf-8")
         flags = fcntl.LOCK_EX if self._wait else fcntl.LOCK_EX | fcntl.LOCK_NB
         try:
             fcntl.flock(self._handle.fileno(), flags)

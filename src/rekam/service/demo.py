@@ -9,6 +9,7 @@ checkpoint, a receipt and a full verification.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import secrets
@@ -21,6 +22,7 @@ from typing import Any
 from rekam.records import synthetic
 from rekam.service.errors import AccessDenied
 from rekam.service.proofs import build_receipt, make_checkpoint
+from rekam.service.records import require
 from rekam.service.verify import VerifyReport, verify_chain
 from rekam.service.workspace import Actor, OrgSpec, Workspace
 
@@ -86,7 +88,9 @@ def run_demo(
     return result
 
 
-def _play(ws: Workspace, rng: random.Random, n_patients: int, result: DemoResult, step: Step) -> None:
+def _play(
+    ws: Workspace, rng: random.Random, n_patients: int, result: DemoResult, step: Step
+) -> None:
     actors: dict[str, Actor] = {}
     for key, org, role, name in STAFF:
         step(f"enrolling {name}")
@@ -117,7 +121,12 @@ def _play(ws: Workspace, rng: random.Random, n_patients: int, result: DemoResult
         ).strip()
         patient_actors.append(ws.actor(registered.id, passphrase))
         result.patients.append(
-            {"id": registered.id, "name": name, "home_org": "klinik-melati", "passphrase": passphrase}
+            {
+                "id": registered.id,
+                "name": name,
+                "home_org": "klinik-melati",
+                "passphrase": passphrase,
+            }
         )
 
     ana = patient_actors[0]
@@ -125,18 +134,24 @@ def _play(ws: Workspace, rng: random.Random, n_patients: int, result: DemoResult
     when = datetime.now(UTC) - timedelta(days=3)
     step("writing FHIR records at Klinik Melati (Encounter, Condition, Observations, prescription)")
     org_a = "klinik-melati"
-    enc = ws.records.write(doctor_a, synthetic.encounter(rng, pid, doctor_a.id, org_a, when), patient=pid)
-    cond = ws.records.write(doctor_a, synthetic.condition(rng, pid, enc.record, doctor_a.id), patient=pid)
+    enc = ws.records.write(
+        doctor_a, synthetic.encounter(rng, pid, doctor_a.id, org_a, when), patient=pid
+    )
+    cond = ws.records.write(
+        doctor_a, synthetic.condition(rng, pid, enc.record, doctor_a.id), patient=pid
+    )
     ws.records.write(nurse, synthetic.observation(rng, pid, "blood-pressure", when), patient=pid)
     ws.records.write(nurse, synthetic.observation(rng, pid, "temperature", when), patient=pid)
-    rx = ws.records.write(doctor_a, synthetic.medication_request(rng, pid, doctor_a.id, when), patient=pid)
-    result.records.update({"encounter": enc.record, "condition": cond.record, "prescription": rx.record})
+    rx = ws.records.write(
+        doctor_a, synthetic.medication_request(rng, pid, doctor_a.id, when), patient=pid
+    )
+    result.records.update(
+        {"encounter": enc.record, "condition": cond.record, "prescription": rx.record}
+    )
 
     step("a doctor at Klinik Kenanga tries to read without consent (denied, recorded)")
-    try:
+    with contextlib.suppress(AccessDenied):
         ws.records.read(doctor_b, cond.record)
-    except AccessDenied:
-        pass
 
     step("the patient grants the Klinik Kenanga doctor access; the doctor reads the diagnosis")
     ws.consent.grant(ana, pid, doctor_b.id, resource_types=["*"], purpose="treatment", days=30)
@@ -144,9 +159,15 @@ def _play(ws: Workspace, rng: random.Random, n_patients: int, result: DemoResult
 
     step("the patient shares with the lab; the lab attaches a blood glucose result")
     ws.consent.grant(
-        ana, pid, "lab-prima", resource_types=["DiagnosticReport", "Observation"], purpose="treatment"
+        ana,
+        pid,
+        "lab-prima",
+        resource_types=["DiagnosticReport", "Observation"],
+        purpose="treatment",
     )
-    glucose = ws.records.write(analyst, synthetic.observation(rng, pid, "glucose", when), patient=pid)
+    glucose = ws.records.write(
+        analyst, synthetic.observation(rng, pid, "glucose", when), patient=pid
+    )
     result.records["lab_result"] = glucose.record
 
     step("the patient shares the prescription with the pharmacy; the pharmacist dispenses it")
@@ -159,7 +180,9 @@ def _play(ws: Workspace, rng: random.Random, n_patients: int, result: DemoResult
         days=7,
     )
     ws.records.read(pharmacist, rx.record, purpose="dispensing")
-    dispense = synthetic.medication_dispense(rng, pid, f"MedicationRequest/{rx.record}", pharmacist.id, when)
+    dispense = synthetic.medication_dispense(
+        rng, pid, f"MedicationRequest/{rx.record}", pharmacist.id, when
+    )
     ws.records.dispense(pharmacist, rx.record, dispense)
 
     step("a correction: the doctor writes a new version of the diagnosis (the old one is kept)")
@@ -169,7 +192,9 @@ def _play(ws: Workspace, rng: random.Random, n_patients: int, result: DemoResult
     emergency_patient = patient_actors[1] if len(patient_actors) > 1 else ana
     step("emergency: an unconscious patient arrives at Klinik Kenanga (break-glass, audited)")
     epid = emergency_patient.id
-    econd = ws.records.write(doctor_a, synthetic.condition(rng, epid, None, doctor_a.id), patient=epid)
+    econd = ws.records.write(
+        doctor_a, synthetic.condition(rng, epid, None, doctor_a.id), patient=epid
+    )
     ws.consent.emergency(doctor_b, epid, "unconscious", minutes=60)
     ws.records.read(doctor_b, econd.record, purpose="emergency")
 
@@ -180,7 +205,7 @@ def _play(ws: Workspace, rng: random.Random, n_patients: int, result: DemoResult
     checkpoint = make_checkpoint(
         ws.node.store, ws.node.network_id, {o: i.signer for o, i in ws.org_identities.items()}
     )
-    stored = ws.node.store.get("record_version", f"{cond.record}@1")
+    stored = require(ws.node.store, "record_version", f"{cond.record}@1")
     receipt = build_receipt(ws.node.store, stored["tx"], checkpoint)
     receipts = ws.datadir.root / "receipts"
     receipts.mkdir(exist_ok=True)
@@ -188,7 +213,9 @@ def _play(ws: Workspace, rng: random.Random, n_patients: int, result: DemoResult
     result.receipt_path.write_text(json.dumps(receipt, indent=2) + "\n", "utf-8")
 
     for patient in patient_actors[:2]:
-        result.history[patient.id] = [e.to_json() | {"label": e.label} for e in ws.audit.history(patient.id)]
+        result.history[patient.id] = [
+            e.to_json() | {"label": e.label} for e in ws.audit.history(patient.id)
+        ]
 
     step("verifying the whole chain")
     result.report = verify_chain(ws.node.store, ws.genesis, ws.node.blobs)

@@ -1,11 +1,11 @@
 """Errors of the use cases; only the API layer maps them to protocol statuses.
 
-    ServiceError
-    +-- NotFoundError          unknown patient, record, member or organisation
-    +-- InvalidContentError    content refused before anything was written (FHIR issues)
-    +-- AccessDenied           the policy refused an access; the denial is on the chain
-    +-- RejectedError          the network refused a transaction; ``code`` says which rule
-    +-- ContentUnavailable     content erased, missing or failing its on-chain hash
+ServiceError
++-- NotFoundError          unknown patient, record, member or organisation
++-- InvalidContentError    content refused before anything was written (FHIR issues)
++-- AccessDenied           the policy refused an access; the denial is on the chain
++-- RejectedError          the network refused a transaction; ``code`` says which rule
++-- ContentUnavailable     content erased, missing or failing its on-chain hash
 """
 
 from __future__ import annotations

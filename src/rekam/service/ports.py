@@ -49,7 +49,7 @@ class ChainStore(StateReader, Prefetching, Protocol):
     """A node's durable chain, state tables and off-chain keyring."""
 
     def initialise(self, genesis: Block, delta: Delta | None = None) -> None:
-        """Create the schema and store the genesis block and its state; refuses a non-empty store."""
+        """Create the schema, store the genesis block and its state; refuse a non-empty store."""
         ...
 
     def head(self) -> tuple[int, str] | None:

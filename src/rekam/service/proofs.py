@@ -156,7 +156,9 @@ def network_keys(doc: Mapping[str, Any]) -> tuple[str, dict[str, bytes]]:
     return genesis.network_id, {o["org"]: b64d(o["sign_key"]) for o in genesis.orgs}
 
 
-def verify_receipt(receipt: Any, keys_doc: Mapping[str, Any], min_cosigners: int = 1) -> ReceiptCheck:
+def verify_receipt(
+    receipt: Any, keys_doc: Mapping[str, Any], min_cosigners: int = 1
+) -> ReceiptCheck:
     """Check a receipt offline against the network's keys; raises ReceiptError on any flaw."""
     try:
         return _verify_receipt(receipt, keys_doc, min_cosigners)
@@ -191,10 +193,14 @@ def _verify_receipt(receipt: Any, keys_doc: Mapping[str, Any], min_cosigners: in
     orderer_key = keys.get(header["orderer"])
     if orderer_key is None:
         raise ReceiptError(f"orderer {header['orderer']} is not among the given keys")
-    if not verify_signature(orderer_key, BLOCK_DOMAIN + canonical(header), b64d(receipt["block"]["sig"])):
+    if not verify_signature(
+        orderer_key, BLOCK_DOMAIN + canonical(header), b64d(receipt["block"]["sig"])
+    ):
         raise ReceiptError("block signature does not verify with the orderer's key")
     index, size = int(receipt["index"]), int(header["tx_count"])
-    verify_inclusion(leaf_hash(raw), index, size, _hashes(receipt["tx_proof"]), bytes.fromhex(header["tx_root"]))
+    verify_inclusion(
+        leaf_hash(raw), index, size, _hashes(receipt["tx_proof"]), bytes.fromhex(header["tx_root"])
+    )
     code = str(receipt["code"])
     verify_inclusion(
         leaf_hash(result_leaf(tx.tx_id, code)),
@@ -219,7 +225,9 @@ def _verify_receipt(receipt: Any, keys_doc: Mapping[str, Any], min_cosigners: in
     )
     cosigners = checkpoint.valid_signers(keys)
     if len(cosigners) < min_cosigners:
-        raise ReceiptError(f"checkpoint has {len(cosigners)} valid cosignatures, need {min_cosigners}")
+        raise ReceiptError(
+            f"checkpoint has {len(cosigners)} valid cosignatures, need {min_cosigners}"
+        )
     return ReceiptCheck(tx.tx_id, tx.type, height, code == "ok", code, cp_height, cosigners)
 
 

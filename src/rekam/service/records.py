@@ -18,7 +18,7 @@ from rekam.consent.policy import Basis, choose_basis, purpose_for
 from rekam.crypto import DecryptionError, open_sealed, seal, wrap_key
 from rekam.encoding import b64d, canonical
 from rekam.ledger.block import Block
-from rekam.ledger.state import Row
+from rekam.ledger.state import Row, StateReader
 from rekam.ledger.tx import RESOURCE_TYPES, id_kind, make_tx, new_id
 from rekam.ledger.validate import BlockResult, TxResult
 from rekam.records.fhir import FhirValidationError, content_bytes, validate_resource
@@ -29,11 +29,20 @@ from rekam.service.errors import (
     NotFoundError,
     RejectedError,
 )
+from rekam.service.ports import ChainStore
 
 if TYPE_CHECKING:
     from rekam.service.workspace import Actor, Workspace
 
 DEK_INFO = b"rekam/dek/v1\n"
+
+
+def require(store: StateReader, table: str, key: str) -> Row:
+    """A state row that must exist; NotFoundError (naming the table only) when it does not."""
+    row = store.get(table, key)
+    if row is None:
+        raise NotFoundError(f"unknown {table.replace('_', ' ')}")
+    return row
 
 
 def binding(record: str, version: int, patient: str) -> bytes:
@@ -70,7 +79,7 @@ class RecordService:
         self.ws = ws
 
     @property
-    def _store(self) -> Any:
+    def _store(self) -> ChainStore:
         return self.ws.node.store
 
     # -- helpers --------------------------------------------------------------------------
@@ -100,7 +109,9 @@ class RecordService:
         ]
         emergencies = [
             key
-            for key, _ in self._store.query("emergency", {"patient": patient_id, "member": accessor})
+            for key, _ in self._store.query(
+                "emergency", {"patient": patient_id, "member": accessor}
+            )
         ]
         return consents, emergencies
 
@@ -134,21 +145,26 @@ class RecordService:
         )
         return self.ws.node.submit_wait(tx)
 
-    def recipients(self, patient_id: str, patient: Row, author: str, resource_type: str) -> dict[str, str]:
+    def recipients(
+        self, patient_id: str, patient: Row, author: str, resource_type: str
+    ) -> dict[str, str]:
         """Who gets a wrapped key for new content: patient, author, their orgs, consent grantees."""
         store = self._store
         wanted = {patient_id: patient["enc_key"]}
         member = store.get("member", author)
         if member is not None:
             wanted[author] = member["enc_key"]
-            wanted.setdefault(member["org"], store.get("org", member["org"])["enc_key"])
-        home = store.get("org", patient["home_org"])
+            wanted.setdefault(member["org"], require(store, "org", member["org"])["enc_key"])
+        home = require(store, "org", patient["home_org"])
         wanted.setdefault(patient["home_org"], home["enc_key"])
         now = self.ws.node.clock()
         for _, consent in store.query("consent", {"patient": patient_id}):
             if consent["revoked"] or not consent["start"] <= now < consent["end"]:
                 continue
-            if consent["resource_types"] != ["*"] and resource_type not in consent["resource_types"]:
+            if (
+                consent["resource_types"] != ["*"]
+                and resource_type not in consent["resource_types"]
+            ):
                 continue
             table = "member" if consent["grantee_kind"] == "member" else "org"
             row = store.get(table, consent["grantee"])
@@ -198,7 +214,9 @@ class RecordService:
         digest = self.ws.node.blobs.put(ciphertext)
         keys = [
             (record_id, version, who, wrap_key(dek, b64d(enc), DEK_INFO + aad))
-            for who, enc in self.recipients(patient, patient_row, author.id, validated.resource_type).items()
+            for who, enc in self.recipients(
+                patient, patient_row, author.id, validated.resource_type
+            ).items()
         ]
         self._store.put_wrapped_keys(keys)
         body = {
@@ -256,10 +274,14 @@ class RecordService:
                 raise ContentUnavailable("the record was erased")
             raise AccessDenied("no basis to read this record", result.tx_id)
         resource = self._decrypt(reader, record_id, version, patient_id)
-        return ReadResult(record_id, version, str(record["resource_type"]), resource, result.tx_id, basis)
+        return ReadResult(
+            record_id, version, str(record["resource_type"]), resource, result.tx_id, basis
+        )
 
-    def _decrypt(self, reader: Actor, record_id: str, version: int, patient_id: str) -> dict[str, Any]:
-        row = self._store.get("record_version", f"{record_id}@{version}")
+    def _decrypt(
+        self, reader: Actor, record_id: str, version: int, patient_id: str
+    ) -> dict[str, Any]:
+        row = require(self._store, "record_version", f"{record_id}@{version}")
         ciphertext = self.ws.node.blobs.get(row["content_hash"])
         if ciphertext is None or hashlib.sha256(ciphertext).hexdigest() != row["content_hash"]:
             raise ContentUnavailable("content is missing or does not match the chain")
@@ -272,8 +294,10 @@ class RecordService:
         resource: dict[str, Any] = json.loads(plaintext)
         return resource
 
-    def _unwrap(self, reader: Actor, record_id: str, version: int, patient_id: str, aad: bytes) -> bytes:
-        """Find a wrapped key this node can open for the reader, the reader's org or the custodian."""
+    def _unwrap(
+        self, reader: Actor, record_id: str, version: int, patient_id: str, aad: bytes
+    ) -> bytes:
+        """A content key this node can open for the reader, the reader's org or the custodian."""
         candidates = [(reader.id, reader.identity)]
         member = self._store.get("member", reader.id) if reader.kind == "member" else None
         orgs = self.ws.org_identities
@@ -294,13 +318,17 @@ class RecordService:
                 continue
         raise ContentUnavailable("no key for this reader is held by this node")
 
-    def unwrap_as(self, holder: Actor, record_id: str, version: int, patient_id: str) -> bytes | None:
+    def unwrap_as(
+        self, holder: Actor, record_id: str, version: int, patient_id: str
+    ) -> bytes | None:
         """The content key of a version, if ``holder`` has a wrapped key for it (for re-sharing)."""
         wrapped = self._store.get_wrapped_key(record_id, version, holder.id)
         if wrapped is None:
             return None
         try:
-            return holder.identity.unwrap(wrapped, DEK_INFO + binding(record_id, version, patient_id))
+            return holder.identity.unwrap(
+                wrapped, DEK_INFO + binding(record_id, version, patient_id)
+            )
         except DecryptionError:
             return None
 
@@ -343,13 +371,18 @@ class RecordService:
         member = self._store.get("member", pharmacist.id)
         if member is None:
             raise NotFoundError("unknown member")
-        basis = self.basis_for(pharmacist.id, record["patient"], record, "MedicationRequest", "dispensing")
+        basis = self.basis_for(
+            pharmacist.id, record["patient"], record, "MedicationRequest", "dispensing"
+        )
         if basis is None:
             raise AccessDenied("the prescription is not shared with this pharmacy")
         written = None
         if dispense_resource is not None:
             written = self.write(
-                pharmacist, dispense_resource, patient=record["patient"], expected_type="MedicationDispense"
+                pharmacist,
+                dispense_resource,
+                patient=record["patient"],
+                expected_type="MedicationDispense",
             )
         body = {
             "prescription": prescription,

@@ -12,7 +12,6 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from rekam.encoding import b64d
 from rekam.ledger._errors import InvalidBlockError
@@ -27,6 +26,7 @@ from rekam.ledger.validate import (
     genesis_delta,
 )
 from rekam.service.ports import BlobStore, ChainStore
+from rekam.service.proofs import BlockLog
 
 BATCH_BLOCKS = 32
 
@@ -129,7 +129,8 @@ def replay_store(
                         )
                     if theirs.raw != block.txs[index]:
                         raise VerifyFailure(
-                            f"block {block.height} transaction {index}: stored bytes differ from the block"
+                            f"block {block.height} transaction {index}: "
+                            "stored bytes differ from the block"
                         )
             state.apply(result.delta, result.delta.tx_ids)
             head = ChainHead(block.height, block.hash, block.time)
@@ -154,7 +155,9 @@ def _compare_state(store: ChainStore, state: MemoryState, report: VerifyReport) 
             if key not in stored:
                 raise VerifyFailure(f"state {spec.name} row {key}: missing from the store")
             if key not in mine:
-                raise VerifyFailure(f"state {spec.name} row {key}: in the store but not in any block")
+                raise VerifyFailure(
+                    f"state {spec.name} row {key}: in the store but not in any block"
+                )
             for column in spec.column_names():
                 if stored[key][column] != mine[key][column]:
                     raise VerifyFailure(
@@ -181,8 +184,6 @@ def _check_blobs(blobs: BlobStore, state: MemoryState, report: VerifyReport) -> 
 
 
 def _check_checkpoint(store: ChainStore, state: MemoryState, report: VerifyReport) -> None:
-    from rekam.service.proofs import BlockLog
-
     checkpoint = store.latest_checkpoint()
     if checkpoint is None:
         return
@@ -231,4 +232,3 @@ def rebuild_state(store: ChainStore, genesis: Genesis) -> VerifyReport:
     report.state_rows = sum(len(t) for t in state.tables.values())
     report.seconds = time.perf_counter() - started
     return report
-

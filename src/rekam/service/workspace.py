@@ -18,11 +18,15 @@ from rekam.blobs import DirectoryBlobStore
 from rekam.crypto import Identity, load_identity
 from rekam.encoding import b64e
 from rekam.ledger.block import Genesis, genesis_block
-from rekam.ledger.tx import ORG_KINDS, ORG_RE, id_kind
+from rekam.ledger.tx import ORG_KINDS, id_kind
 from rekam.ledger.validate import genesis_delta
 from rekam.ordering.solo import SoloOrderer
+from rekam.service.admin import AdminService
+from rekam.service.audit import AuditService
+from rekam.service.consent import ConsentService
 from rekam.service.datadir import CONFIG_FORMAT, DataDir, DataDirError, FolderLock
 from rekam.service.node import Node, now_ms
+from rekam.service.records import RecordService
 from rekam.storage import open_store
 
 
@@ -49,8 +53,10 @@ class OrgSpec:
 
     def check(self) -> None:
         """Raise DataDirError for an unusable slug or kind."""
-        if not ORG_RE.match(self.org):
-            raise DataDirError(f"organisation id {self.org!r} must be a lowercase slug (a-z, 0-9, -)")
+        if id_kind(self.org) != "org":
+            raise DataDirError(
+                f"organisation id {self.org!r} must be a lowercase slug (a-z, 0-9, -)"
+            )
         if self.kind not in ORG_KINDS:
             raise DataDirError(f"organisation kind must be one of {', '.join(ORG_KINDS)}")
 
@@ -58,16 +64,13 @@ class OrgSpec:
 class Workspace:
     """A node on a data folder: store, blobs, node, orderer and local organisation keys."""
 
-    def __init__(self, datadir: DataDir, node: Node, orgs: dict[str, Identity], lock: FolderLock) -> None:
+    def __init__(
+        self, datadir: DataDir, node: Node, orgs: dict[str, Identity], lock: FolderLock
+    ) -> None:
         self.datadir = datadir
         self.node = node
         self.org_identities = orgs
         self._lock = lock
-        from rekam.service.admin import AdminService
-        from rekam.service.audit import AuditService
-        from rekam.service.consent import ConsentService
-        from rekam.service.records import RecordService
-
         self.records = RecordService(self)
         self.consent = ConsentService(self)
         self.admin = AdminService(self)
@@ -118,7 +121,12 @@ class Workspace:
             )
             datadir.set_label(spec.org, spec.label)
             founding.append(
-                {"org": spec.org, "kind": spec.kind, "sign_key": b64e(sign_pub), "enc_key": b64e(enc_pub)}
+                {
+                    "org": spec.org,
+                    "kind": spec.kind,
+                    "sign_key": b64e(sign_pub),
+                    "enc_key": b64e(enc_pub),
+                }
             )
         genesis = Genesis.create(network_name, now_ms(), founding, [o.org for o in orgs])
         config["network"] = genesis.network_id
@@ -182,7 +190,9 @@ class Workspace:
         path = self.datadir.keystore_path(principal)
         if not path.is_file():
             raise DataDirError("no keystore for this principal in this data folder")
-        identity = load_identity(self.datadir.keystore_uri(principal), self.datadir.root, passphrase=passphrase)
+        identity = load_identity(
+            self.datadir.keystore_uri(principal), self.datadir.root, passphrase=passphrase
+        )
         return Actor(principal, identity)
 
     @property
