@@ -390,3 +390,98 @@ def test_consent_model_matches_a_plain_reading(grants: list, rtype: str, purpose
 def test_tx_ids_are_hashes_of_unsigned_bytes(sim: LedgerSim) -> None:
     tx = sim.tx("clinic-a", "member.revoke", {"member": new_id("member")})
     assert tx.tx_id == hashlib.sha256(canonical(dict(tx.tx))).hexdigest()
+
+
+def test_author_keeps_basis_for_their_version(sim: LedgerSim) -> None:
+    doctor = sim.enrol("clinic-a", "doctor")
+    colleague = sim.enrol("clinic-a", "doctor")
+    patient = sim.register("clinic-a")
+    record, _ = sim.write(doctor, patient)
+    _, v2 = sim.write(colleague, patient, record=record, version=2, basis="organisation")
+    assert v2.valid
+    assert sim.read(doctor, patient, record, version=1, basis="author").valid
+    assert sim.read(doctor, patient, record, version=2, basis="author").code == "no_basis"
+
+
+def test_care_bases_do_not_cover_other_purposes(sim: LedgerSim) -> None:
+    doctor = sim.enrol("clinic-a", "doctor")
+    patient = sim.register("clinic-a")
+    record, _ = sim.write(doctor, patient)
+    for purpose in ("research", "insurance", "own", "emergency"):
+        assert (
+            sim.read(doctor, patient, record, basis="organisation", purpose=purpose).code
+            == "no_basis"
+        )
+    consent, _ = sim.grant(patient, patient, doctor, purpose="research")
+    assert sim.read(
+        doctor, patient, record, basis="consent", basis_ref=consent, purpose="research"
+    ).valid
+
+
+def test_consent_to_an_org_reaches_clinical_members_only(sim: LedgerSim) -> None:
+    doctor_a = sim.enrol("clinic-a", "doctor")
+    admin_b = sim.enrol("clinic-b", "admin")
+    doctor_b = sim.enrol("clinic-b", "doctor")
+    patient = sim.register("clinic-a")
+    record, _ = sim.write(doctor_a, patient)
+    consent, _ = sim.grant(patient, patient, "clinic-b")
+    assert sim.read(doctor_b, patient, record, basis="consent", basis_ref=consent).valid
+    assert sim.read(admin_b, patient, record, basis="consent", basis_ref=consent).code == "no_basis"
+
+
+def test_consent_cannot_grant_own_or_emergency(sim: LedgerSim) -> None:
+    from rekam.ledger._errors import MalformedError
+
+    patient = sim.register("clinic-a")
+    doctor = sim.enrol("clinic-b", "doctor")
+    with pytest.raises(MalformedError):
+        sim.grant(patient, patient, doctor, purpose="emergency")
+
+
+def test_last_orderer_cannot_be_revoked(sim: LedgerSim) -> None:
+    body = {"org": "clinic-a"}
+    result = sim.one(sim.tx("clinic-b", "org.revoke", body, cosigners=["pharma"]))
+    assert result.code == "last_orderer"
+
+
+def test_quorum_refusal_leaves_the_id_free(sim: LedgerSim) -> None:
+    newcomer = sim._principal("lab-dua")
+    body = {
+        "org": "lab-dua",
+        "kind": "lab",
+        "sign_key": newcomer.sign_key,
+        "enc_key": newcomer.enc_key,
+    }
+    tx = unsigned_tx(sim.genesis.network_id, "org.enrol", "clinic-a", body, sim.time)
+    alone = sign_tx(tx, [("clinic-a", sim.keys["clinic-a"].signer)])
+    assert sim.one(alone).code == "quorum"
+    both = sign_tx(
+        tx, [("clinic-a", sim.keys["clinic-a"].signer), ("clinic-b", sim.keys["clinic-b"].signer)]
+    )
+    assert both.tx_id == alone.tx_id
+    assert sim.one(both).valid
+
+
+def test_patient_sees_key_rotation(sim: LedgerSim) -> None:
+    patient = sim.register("clinic-a")
+    fresh = Ed25519Signer(bytes([77]) * 32)
+    body = {
+        "subject": patient,
+        "sign_key": b64e(fresh.public_key),
+        "enc_key": sim.keys[patient].enc_key,
+    }
+    assert sim.one(sim.tx("clinic-a", "key.rotate", body)).valid
+    kinds = [r["kind"] for r in sim.state.tables["event"].values() if r["patient"] == patient]
+    assert "key.rotate" in kinds
+
+
+def test_signing_keys_must_be_32_bytes(sim: LedgerSim) -> None:
+    from rekam.ledger._errors import MalformedError
+
+    patient = sim.register("clinic-a")
+    with pytest.raises(MalformedError, match="32 bytes"):
+        sim.tx(
+            "clinic-a",
+            "key.rotate",
+            {"subject": patient, "sign_key": b64e(bytes(16)), "enc_key": sim.keys[patient].enc_key},
+        )

@@ -502,4 +502,3 @@ def test_patient_reference() -> None:
     assert patient_reference(validate_resource(logical)) is None
     no_id = {"resourceType": "Patient", "gender": "male"}
     assert patient_reference(validate_resource(no_id)) is None
-

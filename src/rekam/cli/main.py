@@ -16,8 +16,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from rekam.crypto import DecryptionError, SignerError
+from rekam.ledger._errors import LedgerError
 from rekam.service.datadir import DataDirError
 from rekam.service.errors import ServiceError
+from rekam.service.ports import StoreError
 from rekam.service.workspace import OrgSpec, Workspace
 
 app = typer.Typer(
@@ -56,16 +59,22 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+# What a user can cause by bad input; each has a message fit to show as it is.
+USER_ERRORS = (DataDirError, ServiceError, StoreError, SignerError, LedgerError)
+
+
 @contextmanager
 def _workspace(data_dir: Path) -> Iterator[Workspace]:
     try:
         ws = Workspace.open(data_dir)
-    except (DataDirError, ServiceError) as exc:
+    except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
     try:
         yield ws
-    except (DataDirError, ServiceError) as exc:
+    except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
+    except DecryptionError:
+        raise _fail("wrong passphrase, or the keystore is damaged") from None
     finally:
         ws.close()
 
@@ -110,7 +119,7 @@ def init(
         specs.append(OrgSpec(parts[0], parts[1], parts[2] if len(parts) > 2 else parts[0]))
     try:
         ws = Workspace.create(data_dir, network, specs, kdf=kdf, store_url=store)
-    except (DataDirError, ServiceError) as exc:
+    except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
     with ws:
         console.print(f"network [bold]{network}[/] created: id {ws.node.network_id}")
@@ -150,7 +159,7 @@ def demo(
 
         try:
             result = run_demo(data_dir, patients=patients, kdf=kdf, step=step)
-        except (DataDirError, ServiceError) as exc:
+        except USER_ERRORS as exc:
             raise _fail(str(exc)) from None
     labels = {m["id"]: m["name"] for m in result.members.values()}
     names = {p["id"]: p["name"] for p in result.patients}
@@ -427,7 +436,6 @@ def main() -> None:
 
 
 _register_actions()
-
 
 if __name__ == "__main__":
     main()

@@ -3,8 +3,8 @@
 The ledger decides whether a given basis holds (``rekam.ledger.rules.basis_holds``, run by
 every node). This module only chooses which basis to claim, from the candidates a node can
 see, in a fixed order of preference: the patient themself, the record's author, the
-organisation that holds the patient's care, a consent, and last an emergency access. An empty
-candidate list denies: there is no default allow.
+organisation that holds the patient's care, a consent, and last an emergency access. When no
+candidate holds, access is denied: there is no default allow.
 """
 
 from __future__ import annotations

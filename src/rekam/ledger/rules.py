@@ -41,6 +41,9 @@ ROLE_WRITES: dict[str, frozenset[str]] = {
 
 # Purposes under which a basis lets a member write new content for a patient.
 WRITE_PURPOSES = frozenset({"treatment", "referral", "dispensing", "emergency"})
+# Purposes of care: what the author and organisation bases allow. Research or insurance
+# access needs a consent that says so; "own" is the patient's, "emergency" break-glass only.
+CARE_PURPOSES = frozenset({"treatment", "referral", "dispensing"})
 
 
 class Reject(Exception):
@@ -58,6 +61,7 @@ class Context:
     height: int
     time: int
     policy: Mapping[str, int]
+    orderers: tuple[str, ...] = ()
 
 
 Write = tuple[str, str, dict[str, Any]]
@@ -164,23 +168,23 @@ def basis_holds(
         member = active_member(st, accessor, time)
     except Reject as rejected:
         return rejected.code
+    # Clinical staff see clinical content; registration staff only the Patient resource.
+    role_ok = member["role"] in CLINICAL_ROLES or resource_type == "Patient"
     if basis == "author":
         ok = record is not None and record["author"] == accessor and basis_ref is None
-        return None if ok else "no_basis"
+        return None if ok and purpose in CARE_PURPOSES else "no_basis"
     if basis == "organisation":
         same_org = member["org"] == patient["home_org"] or (
             record is not None and member["org"] == record["author_org"]
         )
-        # Clinical staff see their organisation's patients; registration staff only the
-        # Patient resource (demographics), never clinical content.
-        role_ok = member["role"] in CLINICAL_ROLES or resource_type == "Patient"
-        ok = same_org and role_ok and basis_ref is None
+        ok = same_org and role_ok and basis_ref is None and purpose in CARE_PURPOSES
         return None if ok else "no_basis"
     if basis == "consent" and basis_ref is not None:
         consent = st.get("consent", basis_ref)
         if consent is None or consent["patient"] != patient_id:
             return "no_basis"
-        if consent["grantee"] not in (accessor, member["org"]):
+        # A consent to an organisation reaches its members as the organisation basis does.
+        if consent["grantee"] != accessor and not (consent["grantee"] == member["org"] and role_ok):
             return "no_basis"
         if consent["revoked"] or not consent["start"] <= time < consent["end"]:
             return "consent_inactive"
@@ -192,8 +196,23 @@ def basis_holds(
         grant = st.get("emergency", basis_ref)
         if grant is None or grant["member"] != accessor or grant["patient"] != patient_id:
             return "no_basis"
+        if purpose != "emergency":
+            return "no_basis"
         return None if grant["start"] <= time < grant["expires"] else "emergency_expired"
     return "no_basis"
+
+
+def authorship(st: StateReader, record_id: str, version: int) -> Row | None:
+    """Who wrote one version of a record: its author and the author's organisation.
+
+    Reads are judged by the version read, so the author of version 1 keeps the author basis
+    for it after someone else writes version 2.
+    """
+    row = st.get("record_version", f"{record_id}@{version}")
+    if row is None:
+        return None
+    author = st.get("member", row["author"])
+    return {"author": row["author"], "author_org": author["org"] if author else None}
 
 
 def _event(
@@ -274,6 +293,14 @@ def org_revoke(
     if not row["active"]:
         raise Reject("org_inactive")
     _org_quorum(st, signers, orgs)
+    if tx.body["org"] in ctx.orderers:
+        others = [
+            o
+            for o in ctx.orderers
+            if o != tx.body["org"] and (other := st.get("org", o)) is not None and other["active"]
+        ]
+        if not others:
+            raise Reject("last_orderer")  # the chain would halt: nobody could sign a block
     row["active"] = False
     return [("org", tx.body["org"], row)]
 
@@ -328,7 +355,11 @@ def key_rotate(st: StateReader, ctx: Context, tx: Transaction) -> list[Write]:
         raise Reject("not_authorised")
     row["sign_key"] = tx.body["sign_key"]
     row["enc_key"] = tx.body["enc_key"]
-    return [(table, subject, row)]
+    writes: list[Write] = [(table, subject, row)]
+    if kind == "patient":
+        # Whoever can change a patient's keys can act as the patient: they must see it.
+        writes.append(_event(tx, ctx, subject, tx.signer, _org_of(st, tx.signer)))
+    return writes
 
 
 def patient_register(st: StateReader, ctx: Context, tx: Transaction) -> list[Write]:
@@ -546,7 +577,7 @@ def access_read(st: StateReader, ctx: Context, tx: Transaction) -> list[Write]:
             accessor,
             b["patient"],
             patient,
-            record,
+            authorship(st, b["record"], b["version"]),
             record["resource_type"],
             b["basis"],
             b["basis_ref"],
@@ -616,8 +647,8 @@ def prescription_dispense(st: StateReader, ctx: Context, tx: Transaction) -> lis
     pharmacy = _need(st, "org", b["pharmacy"], "unknown_org")
     if member["role"] != "pharmacist" or member["org"] != b["pharmacy"]:
         raise Reject("not_authorised")
-    if pharmacy["kind"] != "pharmacy":
-        raise Reject("not_a_pharmacy")
+    if pharmacy["kind"] == "lab":
+        raise Reject("not_a_pharmacy")  # pharmacies, and clinics or hospitals with one
     record = dict(_need(st, "record", b["prescription"], "unknown_record"))
     if record["resource_type"] != "MedicationRequest":
         raise Reject("wrong_type")
@@ -738,6 +769,4 @@ def apply_rule(
     quorum_rule = QUORUM_RULES.get(tx.type)
     if quorum_rule is not None:
         return quorum_rule(st, ctx, tx, signers, orgs)
-    if len(signers) != 1:
-        raise Reject("unexpected_cosignature")
     return RULES[tx.type](st, ctx, tx)

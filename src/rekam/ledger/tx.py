@@ -57,6 +57,10 @@ RESOURCE_TYPES = (
     "ServiceRequest",
 )
 PURPOSES = ("treatment", "dispensing", "referral", "emergency", "research", "insurance", "own")
+# What a patient can consent to; "own" and "emergency" are never granted, they are bases.
+CONSENT_PURPOSES = ("treatment", "dispensing", "referral", "research", "insurance")
+# Only organisation changes carry co-signatures (a majority of organisations).
+COSIGNED_TYPES = frozenset({"org.enrol", "org.revoke"})
 BASES = ("own", "author", "organisation", "consent", "emergency", "none")
 EMERGENCY_REASONS = ("unconscious", "life_threatening", "unable_to_consent", "urgent_transfer")
 ERASE_REASONS = ("patient_request", "legal_order", "entered_in_error")
@@ -129,6 +133,14 @@ def _key(v: Any) -> str | None:
     return None if 16 <= len(raw) <= 2048 else "key has an impossible length"
 
 
+def _sign_key(v: Any) -> str | None:
+    try:
+        raw = b64d(v)
+    except CanonicalError:
+        return "must be base64url"
+    return None if len(raw) == 32 else "an Ed25519 public key is 32 bytes"
+
+
 def _nullable(check: Check) -> Check:
     def wrapped(v: Any) -> str | None:
         return None if v is None else check(v)
@@ -159,7 +171,7 @@ BODY_SCHEMAS: dict[str, dict[str, Check]] = {
     "org.enrol": {
         "org": _ORG,
         "kind": _enum(ORG_KINDS),
-        "sign_key": _key,
+        "sign_key": _sign_key,
         "enc_key": _key,
     },
     "org.revoke": {"org": _ORG},
@@ -167,17 +179,17 @@ BODY_SCHEMAS: dict[str, dict[str, Check]] = {
         "member": _MEMBER,
         "org": _ORG,
         "role": _enum(ROLES),
-        "sign_key": _key,
+        "sign_key": _sign_key,
         "enc_key": _key,
         "valid_from": _int(),
         "valid_until": _int(),
     },
     "member.revoke": {"member": _MEMBER},
-    "key.rotate": {"subject": _SUBJECT, "sign_key": _key, "enc_key": _key},
+    "key.rotate": {"subject": _SUBJECT, "sign_key": _sign_key, "enc_key": _key},
     "patient.register": {
         "patient": _PATIENT,
         "home_org": _ORG,
-        "sign_key": _key,
+        "sign_key": _sign_key,
         "enc_key": _key,
     },
     "record.write": {
@@ -196,7 +208,7 @@ BODY_SCHEMAS: dict[str, dict[str, Check]] = {
         "patient": _PATIENT,
         "grantee": _ident("member", "org"),
         "resource_types": _types_list,
-        "purpose": _enum(PURPOSES),
+        "purpose": _enum(CONSENT_PURPOSES),
         "start": _int(),
         "end": _int(),
     },
@@ -351,6 +363,10 @@ class Transaction:
             parsed.append(Signature(item["by"], key, sig))
         if parsed[0].by != tx["signer"]:
             raise MalformedError("first signature must be by the signer")
+        # Co-signatures are not covered by the transaction id, so they are allowed only where
+        # the rules need them; elsewhere a copy with an extra signature must not decode.
+        if len(parsed) > 1 and tx["type"] not in COSIGNED_TYPES:
+            raise MalformedError("only organisation changes carry co-signatures")
         if len({s.by for s in parsed}) != len(parsed):
             raise MalformedError("a principal signed twice")
         unsigned = canonical(tx)

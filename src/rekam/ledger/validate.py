@@ -146,7 +146,7 @@ def apply_block(
                 for table, keys in state_keys(tx).items():
                     wanted.setdefault(table, set()).update(keys)
         st.prefetch(wanted, [tx.tx_id for tx in decoded if tx is not None])
-    ctx = Context(block.height, block.time, genesis.policy)
+    ctx = Context(block.height, block.time, genesis.policy, tuple(genesis.orderers))
     delta = Delta()
     view = Overlay(st, delta)
     orgs = list(org_ids)
@@ -172,6 +172,10 @@ def apply_block(
             writes = apply_rule(view, ctx, tx, signers, orgs)
         except Reject as rejected:
             code = rejected.code
+            # A refusal for want of co-signatures leaves the id free: the organisations may
+            # gather more signatures and submit the same transaction again.
+            if code == "quorum":
+                authenticated = False
         else:
             for table, key, row in writes:
                 delta.put(table, key, row)

@@ -92,7 +92,13 @@ def _network(parent: Path, name: str) -> Iterator[tuple[Workspace, Actor, str]]:
 
 
 def _signed_writes(ws: Workspace, doctor: Actor, patient: str, n: int) -> list[Transaction]:
+    """Pre-signed record writes over a small pool of real (random) content blobs.
+
+    Sharing 16 blobs keeps the setup from paying thousands of fsyncs that the commit figure
+    does not include; the chain still verifies, blob hashes included.
+    """
     now = ws.node.clock()
+    pool = [ws.node.blobs.put(os.urandom(600)) for _ in range(16)]
     txs = []
     for i in range(n):
         body = {
@@ -100,7 +106,7 @@ def _signed_writes(ws: Workspace, doctor: Actor, patient: str, n: int) -> list[T
             "version": 1,
             "patient": patient,
             "resource_type": "Observation",
-            "content_hash": hashlib.sha256(i.to_bytes(8, "big")).hexdigest(),
+            "content_hash": pool[i % len(pool)],
             "content_size": 600,
             "basis": "organisation",
             "basis_ref": None,

@@ -27,6 +27,18 @@ class TxRecord:
     valid: bool
     code: str
     authenticated: bool = True
+    tx_type: str = ""
+
+
+@dataclass(frozen=True)
+class BlockIndex:
+    """The columns a store keeps beside a block's header, for lookups; verify compares them."""
+
+    height: int
+    hash: str
+    prev: str
+    time: int
+    tx_count: int
 
 
 # What a block commit stores per transaction besides its bytes: the validator's result.
@@ -66,6 +78,10 @@ class ChainStore(StateReader, Prefetching, Protocol):
 
     def iter_blocks(self, start: int = 0, end: int | None = None) -> Iterator[Block]:
         """Blocks from start up to (excluding) end, in order, streamed."""
+        ...
+
+    def block_index(self, start: int = 0, end: int | None = None) -> Iterator[BlockIndex]:
+        """The stored index columns of blocks from start up to (excluding) end."""
         ...
 
     def get_tx(self, tx_id: str) -> TxRecord | None:
@@ -110,6 +126,10 @@ class ChainStore(StateReader, Prefetching, Protocol):
         """The highest stored checkpoint."""
         ...
 
+    def iter_checkpoints(self) -> Iterator[Checkpoint]:
+        """Every stored checkpoint, lowest height first."""
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...
@@ -137,6 +157,7 @@ class BlobStore(Protocol):
 
 __all__ = [
     "BlobStore",
+    "BlockIndex",
     "ChainStore",
     "CommittedTx",
     "ConflictError",

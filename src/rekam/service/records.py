@@ -18,6 +18,7 @@ from rekam.consent.policy import Basis, choose_basis, purpose_for
 from rekam.crypto import DecryptionError, open_sealed, seal, wrap_key
 from rekam.encoding import b64d, canonical
 from rekam.ledger.block import Block
+from rekam.ledger.rules import authorship
 from rekam.ledger.state import Row, StateReader
 from rekam.ledger.tx import RESOURCE_TYPES, id_kind, make_tx, new_id
 from rekam.ledger.validate import BlockResult, TxResult
@@ -255,7 +256,10 @@ class RecordService:
             raise NotFoundError("unknown record version")
         basis = None
         if not record["erased"]:
-            basis = self.basis_for(reader.id, patient_id, record, record["resource_type"], purpose)
+            written_by = authorship(self._store, record_id, version)
+            basis = self.basis_for(
+                reader.id, patient_id, written_by, record["resource_type"], purpose
+            )
         body = {
             "patient": patient_id,
             "record": record_id,

@@ -23,6 +23,10 @@ block (filled by ``prefetch`` and by reads) and dropped whenever state changes. 
 assume this store is the only writer of the state it reads; when another writer is noticed
 (``append_block`` finds a head it did not write) every cache is dropped.
 
+Writes: rows are encoded straight to driver-ready tuples and inserted with statements
+compiled once per table (see ``_Insert``), without SQLAlchemy's per-row parameter handling;
+key lists (``IN``) are expanded once per padded length (see ``_KeyList``).
+
 Errors never carry stored values: messages name tables, columns and heights only, and
 SQLAlchemy is told to hide statement parameters.
 """
@@ -31,16 +35,21 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import NoneType
 from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
+    CursorResult,
+    Delete,
     Engine,
     Select,
     Table,
@@ -60,6 +69,7 @@ from rekam.encoding import canonical, parse
 from rekam.ledger.block import ZERO_HASH, Block, Checkpoint
 from rekam.ledger.state import TABLES, Delta, MemoryState, Row, TableSpec
 from rekam.service.ports import (
+    BlockIndex,
     CommittedTx,
     ConflictError,
     SchemaVersionError,
@@ -81,12 +91,15 @@ _BLOCK_CACHE_LIMIT = 100_000
 _ITER_BLOCKS_CHUNK = 64
 _STATE_ROWS_CHUNK = 1000
 _INSERT_CHUNK = 1000
+# Rows per multi-row INSERT statement (see _Insert).
+_VALUES_ROWS = 100
 _GENESIS_TX_TYPE = "genesis"
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 _P = ParamSpec("_P")
 _CachedRow = dict[str, Any]
+_MISSING: Any = object()  # not cached
 
 
 def sqlite_url(path: Path) -> str:
@@ -166,30 +179,57 @@ def _db_detail(exc: BaseException) -> str:
     return type(orig).__name__
 
 
+# Column types whose values go to the driver unchanged when their type is exactly this one;
+# anything else (a str subclass, a strlist, a wrong type) takes the checked path.
+_EXACT: dict[str, type] = {"str": str, "int": int, "bool": bool}
+
+
 class _Codec:
-    """Converts one state table's rows between Python values and SQL parameters."""
+    """Converts one state table's rows between Python values and SQL parameters.
+
+    Encoded rows are tuples in the table's column order (``key`` first), ready for the
+    driver: strings, integers, booleans and strlists as canonical JSON text.
+    """
 
     def __init__(self, spec: TableSpec) -> None:
         self.spec = spec
         self.table_name = sc.STATE_PREFIX + spec.name
         self.columns = spec.column_names()
+        self.order = ("key", *self.columns)
+        self.column_set = frozenset(self.columns)
         self.lists = tuple(c for c, kind, _ in spec.columns if kind == "strlist")
         self.bools = tuple(c for c, kind, _ in spec.columns if kind == "bool")
         self.kinds = {c: kind for c, kind, _ in spec.columns}
+        #: A caller's own copy of a cached row (its lists copied too).
+        self.copy: Callable[[_CachedRow], dict[str, Any]] = (
+            self._copy_with_lists if self.lists else dict.copy
+        )
+        self._plan = tuple((c, _EXACT.get(kind)) for c, kind, _ in spec.columns)
 
-    def encode(self, key: str, row: Mapping[str, Any]) -> dict[str, Any]:
-        """SQL parameters for a row; types are checked so both backends store the same."""
-        if not isinstance(key, str):
+    def encode(self, rows: Mapping[str, Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        """Driver parameters for rows by key, each a tuple in ``order``; types are checked so
+        both backends store the same.
+
+        Works column by column: a column whose values all have their exact type (or are
+        None; NOT NULL is the database's to enforce) is taken as it is.
+        """
+        keys = list(rows)
+        values = list(rows.values())
+        if not set(map(type, keys)) <= {str} and not all(isinstance(k, str) for k in keys):
             raise StoreError(f"{self.table_name}: keys must be strings")
-        if set(row) != set(self.columns):
-            raise StoreError(f"{self.table_name}: row has the wrong columns")
-        out: dict[str, Any] = {"key": key}
-        for column in self.columns:
-            value = row[column]
-            if value is not None:
-                value = self.encode_value(column, value)
-            out[column] = value
-        return out
+        for row in values:
+            if row.keys() != self.column_set:
+                raise StoreError(f"{self.table_name}: row has the wrong columns")
+        columns: list[list[Any]] = [keys]
+        for column, exact in self._plan:
+            cells = [row[column] for row in values]
+            if not set(map(type, cells)) <= {exact, NoneType}:
+                cells = [
+                    v if v is None or type(v) is exact else self.encode_value(column, v)
+                    for v in cells
+                ]
+            columns.append(cells)
+        return list(zip(*columns, strict=True))
 
     def encode_value(self, column: str, value: Any) -> Any:
         kind = self.kinds[column]
@@ -225,7 +265,73 @@ class _Codec:
 
     def normalise(self, key: str, row: Mapping[str, Any]) -> _CachedRow:
         """A row exactly as it reads back after being written."""
-        return self.decode(self.encode(key, row))[1]
+        return self.decode(zip(self.order, self.encode({key: row})[0], strict=True))[1]
+
+    def _copy_with_lists(self, row: _CachedRow) -> dict[str, Any]:
+        out = row.copy()
+        for column in self.lists:
+            value = out[column]
+            if value is not None:
+                out[column] = list(value)
+        return out
+
+
+class _Insert:
+    """An INSERT of whole rows compiled once for the engine's dialect.
+
+    Rows are tuples in the table's column order, already in driver types. They go to the
+    driver through ``exec_driver_sql`` (so errors are wrapped as usual), without
+    SQLAlchemy's per-row parameter processing:
+
+    * with a positional paramstyle (SQLite's ``?``), as multi-row ``VALUES`` statements of
+      ``_VALUES_ROWS`` rows each: one driver call, and one release of the GIL, per
+      statement instead of per row (executemany lets other threads in after every row);
+    * with a named paramstyle (psycopg's ``%(name)s``), and for the rows left over, with
+      the driver's ``executemany`` (psycopg pipelines it; it parses a statement in Python
+      whenever it has over 50 parameters, so long multi-row statements would cost more).
+    """
+
+    def __init__(self, table: Table, dialect: Dialect) -> None:
+        compiled = insert(table).compile(dialect=dialect)
+        self.sql = compiled.string
+        self.columns = tuple(str(c.key) for c in table.columns)
+        self.named = not dialect.positional
+        if not self.named and tuple(compiled.positiontup or ()) != self.columns:
+            raise StoreError(f"unexpected parameter order in the INSERT into {table.name}")
+        max_rows = dialect.insertmanyvalues_max_parameters // len(self.columns)
+        self.rows_per_statement = min(_VALUES_ROWS, max_rows)
+        self.multi_sql: str | None = None
+        if not self.named and self.rows_per_statement > 2:
+            # SQLAlchemy renders the first row's group (with any type casts) and then a
+            # group per further row; check that rule on two and three rows, then apply it.
+            two, three = (self._rows_sql(table, dialect, n) for n in (2, 3))
+            if two.startswith(f"{self.sql}, "):
+                more = ", " + two[len(self.sql) + 2 :]
+                if three == two + more:
+                    self.multi_sql = self.sql + more * (self.rows_per_statement - 1)
+
+    def _rows_sql(self, table: Table, dialect: Dialect, rows: int) -> str:
+        """SQLAlchemy's own multi-row INSERT of a number of rows."""
+        values: list[dict[str, Any]] = [
+            {c: bindparam(f"{c}_{row}") for c in self.columns} for row in range(rows)
+        ]
+        return insert(table).values(values).compile(dialect=dialect).string
+
+    def run(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        done = 0
+        if self.multi_sql is not None:
+            size = self.rows_per_statement
+            done = len(rows) - len(rows) % size
+            for start in range(0, done, size):
+                flat = tuple(itertools.chain.from_iterable(rows[start : start + size]))
+                conn.exec_driver_sql(self.multi_sql, flat)
+        for part in _chunks(rows[done:], _INSERT_CHUNK):
+            if self.named:
+                conn.exec_driver_sql(
+                    self.sql, [dict(zip(self.columns, r, strict=True)) for r in part]
+                )
+            else:
+                conn.exec_driver_sql(self.sql, list(part))
 
 
 class _Prepared:
@@ -251,9 +357,39 @@ class _Prepared:
         return tuple(merged[name] for name in self.positions)
 
 
-def _copy(row: _CachedRow) -> dict[str, Any]:
-    """A caller's own copy of a cached row (lists copied too)."""
-    return {k: (list(v) if isinstance(v, list) else v) for k, v in row.items()}
+class _KeyList:
+    """A statement with an expanding ``IN`` parameter named ``ks``, compiled once.
+
+    Key lists are padded (see ``_padded``), so the statement is expanded once per standard
+    list length; it then runs with ``exec_driver_sql``, skipping SQLAlchemy's expansion of
+    the list on every execution.
+    """
+
+    def __init__(self, stmt: Select[Any] | Delete, dialect: Dialect) -> None:
+        self._compiled = stmt.compile(dialect=dialect)
+        self._positional = dialect.positional
+        self._by_size: dict[int, tuple[str, tuple[str, ...]]] = {}
+
+    def run(self, conn: Connection, keys: Sequence[str]) -> CursorResult[Any]:
+        padded = _padded(keys)
+        expanded = self._by_size.get(len(padded))
+        if expanded is None:
+            expanded = self._by_size[len(padded)] = self._expand(padded)
+        sql, names = expanded
+        params = tuple(padded) if self._positional else dict(zip(names, padded, strict=True))
+        return conn.exec_driver_sql(sql, params)
+
+    def _expand(self, keys: list[str]) -> tuple[str, tuple[str, ...]]:
+        state = self._compiled.construct_expanded_state({"ks": keys})
+        names = tuple(state.positiontup or ()) if self._positional else tuple(state.parameters)
+        if [state.parameters[name] for name in names] != keys:
+            raise StoreError("a key list statement has parameters besides its keys")
+        return state.statement, names
+
+
+def _in_keys(column: ColumnElement[Any]) -> ColumnElement[bool]:
+    """``column IN (:ks)``, the list expanded by _KeyList."""
+    return column.in_(bindparam("ks", expanding=True))
 
 
 def _serialised(
@@ -282,20 +418,18 @@ class SqlChainStore:
         self._lock = threading.RLock()
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._codecs = {spec.name: _Codec(spec) for spec in TABLES}
-        self._identity: dict[str, dict[str, _CachedRow | None]] = {
-            name: {} for name in IDENTITY_TABLES
-        }
-        self._block_rows: dict[tuple[str, str], _CachedRow | None] = {}
+        # Cached rows by table, then key (None: known absent); see the module documentation.
+        self._rows: dict[str, dict[str, _CachedRow | None]] = {spec.name: {} for spec in TABLES}
         self._block_txs: dict[str, bool] = {}
         self._initialised = False
         self._closed = False
         self._stage = ""
-        self._build_statements()
         try:
             self._conn = engine.connect()
         except SQLAlchemyError as exc:
             raise StoreError(f"could not open the store ({_db_detail(exc)})") from None
         try:
+            self._build_statements()  # after connecting: the dialect knows its server then
             self._check_schema()
         except BaseException:
             self._conn.close()
@@ -306,14 +440,22 @@ class SqlChainStore:
     def _build_statements(self) -> None:
         dialect = self._engine.dialect
         self._get_one: dict[str, _Prepared] = {}
-        self._get_many: dict[str, Select[Any]] = {}
+        self._get_many: dict[str, _KeyList] = {}
+        self._delete_many: dict[str, _KeyList] = {}
         for name, table in sc.state_tables.items():
             self._get_one[name] = _Prepared(
                 select(table).where(table.c.key == bindparam("k")), dialect
             )
-            self._get_many[name] = select(table).where(
-                table.c.key.in_(bindparam("ks", expanding=True))
-            )
+            self._get_many[name] = _KeyList(select(table).where(_in_keys(table.c.key)), dialect)
+            self._delete_many[name] = _KeyList(delete(table).where(_in_keys(table.c.key)), dialect)
+        self._insert_state = {
+            name: _Insert(table, dialect) for name, table in sc.state_tables.items()
+        }
+        for name, codec in self._codecs.items():
+            if self._insert_state[name].columns != codec.order:
+                raise StoreError(f"{codec.table_name} does not match the ledger's columns")
+        self._insert_block = _Insert(sc.blocks, dialect)
+        self._insert_tx = _Insert(sc.txs, dialect)
         txs = sc.txs
         self._tx_one = _Prepared(
             select(txs.c.tx_id)
@@ -321,8 +463,9 @@ class SqlChainStore:
             .limit(1),
             dialect,
         )
-        self._tx_many = select(txs.c.tx_id).where(
-            txs.c.tx_id.in_(bindparam("ks", expanding=True)), txs.c.authenticated.is_(True)
+        self._tx_many = _KeyList(
+            select(txs.c.tx_id).where(_in_keys(txs.c.tx_id), txs.c.authenticated.is_(True)),
+            dialect,
         )
         blocks = sc.blocks
         self._head_stmt = (
@@ -488,28 +631,21 @@ class SqlChainStore:
     # -- caches ----------------------------------------------------------------------------
 
     def _drop_caches(self) -> None:
-        for cache in self._identity.values():
+        for cache in self._rows.values():
             cache.clear()
-        self._clear_block_cache()
-
-    def _clear_block_cache(self) -> None:
-        self._block_rows.clear()
         self._block_txs.clear()
 
-    def _known_absent(self, table: str, key: str) -> bool:
-        """True when a read in this block (or the identity cache) found no row for the key."""
-        if table in IDENTITY_TABLES:
-            cache = self._identity[table]
-            return key in cache and cache[key] is None
-        return (table, key) in self._block_rows and self._block_rows[(table, key)] is None
+    def _clear_block_cache(self) -> None:
+        for table, cache in self._rows.items():
+            if table not in IDENTITY_TABLES:
+                cache.clear()
+        self._block_txs.clear()
 
     def _remember(self, table: str, key: str, row: _CachedRow | None) -> None:
-        if table in IDENTITY_TABLES:
-            self._identity[table][key] = row
-            return
-        if len(self._block_rows) >= _BLOCK_CACHE_LIMIT:
-            self._block_rows.clear()
-        self._block_rows[(table, key)] = row
+        cache = self._rows[table]
+        if len(cache) >= _BLOCK_CACHE_LIMIT and table not in IDENTITY_TABLES:
+            cache.clear()
+        cache[key] = row
 
     def _remember_tx(self, tx_id: str, seen: bool) -> None:
         if len(self._block_txs) >= _BLOCK_CACHE_LIMIT:
@@ -518,41 +654,42 @@ class SqlChainStore:
 
     # -- StateReader and Prefetching -------------------------------------------------------
 
-    @_serialised
+    # get and tx_seen take the lock themselves (not through @_serialised): the rules call
+    # them several times per transaction, mostly answered from the caches.
+
     def get(self, table: str, key: str) -> Row | None:
         """The state row with this key as of the chain head, or None."""
-        if table in IDENTITY_TABLES:
-            cache = self._identity[table]
-            if key in cache:
-                hit = cache[key]
-                return None if hit is None else _copy(hit)
-        elif (table, key) in self._block_rows:
-            hit = self._block_rows[(table, key)]
-            return None if hit is None else _copy(hit)
-        stmt = self._get_one.get(table)
-        if stmt is None:
-            raise KeyError(f"unknown state table {table}")
+        with self._lock:
+            try:
+                hit = self._rows[table].get(key, _MISSING)
+            except KeyError:
+                raise KeyError(f"unknown state table {table}") from None
+            if hit is _MISSING:
+                hit = self._read_row(table, key)
+            return None if hit is None else self._codecs[table].copy(hit)
+
+    def _read_row(self, table: str, key: str) -> _CachedRow | None:
         if not self._initialised and not self._refresh():
             return None
+        stmt = self._get_one[table]
         found = self._raw_first(stmt, {"k": key}, f"reading {sc.STATE_PREFIX}{table}")
-        if found is None:
-            row = None
-        else:
+        row = None
+        if found is not None:
             row = self._codecs[table].decode(zip(stmt.columns, found, strict=True))[1]
         self._remember(table, key, row)
-        return None if row is None else _copy(row)
+        return row
 
-    @_serialised
     def tx_seen(self, tx_id: str) -> bool:
         """True when an authenticated transaction with this id is in the chain (valid or not)."""
-        seen = self._block_txs.get(tx_id)
-        if seen is not None:
+        with self._lock:
+            seen = self._block_txs.get(tx_id)
+            if seen is not None:
+                return seen
+            if not self._initialised and not self._refresh():
+                return False
+            seen = self._raw_first(self._tx_one, {"k": tx_id}, "reading txs") is not None
+            self._remember_tx(tx_id, seen)
             return seen
-        if not self._initialised and not self._refresh():
-            return False
-        seen = self._raw_first(self._tx_one, {"k": tx_id}, "reading txs") is not None
-        self._remember_tx(tx_id, seen)
-        return seen
 
     @_serialised
     def prefetch(self, wanted: Mapping[str, Iterable[str]], tx_ids: Iterable[str]) -> None:
@@ -563,22 +700,19 @@ class SqlChainStore:
         if not self._initialised and not self._refresh():
             return
         for table, keys in wanted.items():
-            if table in IDENTITY_TABLES:
-                known: Mapping[str, Any] = self._identity[table]
-                missing = sorted({k for k in keys if k not in known})
-            else:
-                missing = sorted({k for k in keys if (table, k) not in self._block_rows})
-            codec = self._codecs[table]
+            cache = self._rows[table]
+            missing = sorted({k for k in keys if k not in cache})
+            codec, order = self._codecs[table], self._codecs[table].order
             for chunk in _chunks(missing, MAX_PARAMS):
                 with self._reading(f"reading {sc.STATE_PREFIX}{table}"):
-                    result = self._conn.execute(self._get_many[table], {"ks": _padded(chunk)})
-                    found = dict(codec.decode(m) for m in result.mappings())
+                    result = self._get_many[table].run(self._conn, chunk)
+                    found = dict(codec.decode(zip(order, r, strict=True)) for r in result)
                 for key in chunk:
                     self._remember(table, key, found.get(key))
         ids = sorted({t for t in tx_ids if t not in self._block_txs})
         for chunk in _chunks(ids, MAX_PARAMS):
             with self._reading("reading txs"):
-                present = set(self._conn.execute(self._tx_many, {"ks": _padded(chunk)}).scalars())
+                present = {r[0] for r in self._tx_many.run(self._conn, chunk)}
             for tx_id in chunk:
                 self._remember_tx(tx_id, tx_id in present)
 
@@ -684,7 +818,7 @@ class SqlChainStore:
         for table in IDENTITY_TABLES:
             rows = delta.tables.get(table, {})
             if rows:
-                codec, cache = self._codecs[table], self._identity[table]
+                codec, cache = self._codecs[table], self._rows[table]
                 for key, row in rows.items():
                     cache[key] = codec.normalise(key, row)
         log.debug("stored block %d with %d transactions", height, len(txs))
@@ -695,34 +829,38 @@ class SqlChainStore:
         """Insert a block, its transactions and its state writes (``_stage`` tracks where)."""
         height = block.height
         self._stage = "blocks"
-        conn.execute(
-            insert(sc.blocks),
-            {
-                "height": height,
-                "hash": block.hash,
-                "prev": block.prev,
-                "time": block.time,
-                "tx_count": len(block.txs),
-                "header": block.header_bytes,
-                "signature": bytes(block.signature),
-            },
+        # Tuples in each table's column order (see _schema): the _Insert checks that order.
+        self._insert_block.run(
+            conn,
+            [
+                (
+                    height,
+                    block.hash,
+                    block.prev,
+                    block.time,
+                    len(block.txs),
+                    block.header_bytes,
+                    bytes(block.signature),
+                )
+            ],
         )
         self._stage = "txs"
-        rows = [
-            {
-                "tx_id": result.tx_id,
-                "height": height,
-                "idx": idx,
-                "type": result.tx_type,
-                "raw": bytes(raw),
-                "valid": bool(result.valid),
-                "code": result.code,
-                "authenticated": bool(result.authenticated),
-            }
-            for idx, (raw, result) in enumerate(zip(block.txs, txs, strict=True))
-        ]
-        if rows:
-            conn.execute(insert(sc.txs), rows)
+        self._insert_tx.run(
+            conn,
+            [
+                (
+                    height,
+                    idx,
+                    result.tx_id,
+                    result.tx_type,
+                    bytes(raw),
+                    bool(result.valid),
+                    result.code,
+                    bool(result.authenticated),
+                )
+                for idx, (raw, result) in enumerate(zip(block.txs, txs, strict=True))
+            ],
+        )
         for table, written in delta.tables.items():
             if written:
                 self._stage = sc.STATE_PREFIX + table
@@ -732,16 +870,14 @@ class SqlChainStore:
         self, conn: Connection, table: str, written: Mapping[str, Mapping[str, Any]]
     ) -> None:
         """Replace rows by key: delete the keys, then insert the new rows (any backend)."""
-        codec = self._codecs[table]
-        sql_table = sc.state_tables[table]
-        params = [codec.encode(key, row) for key, row in written.items()]
-        # Rows this block's reads showed absent need no delete: most writes are new rows.
-        keys = [p["key"] for p in params if not self._known_absent(table, p["key"])]
-        stmt = delete(sql_table).where(sql_table.c.key.in_(bindparam("ks", expanding=True)))
+        rows = self._codecs[table].encode(written)
+        # Rows this block's reads (or the identity cache) showed absent need no delete: most
+        # writes are new rows.
+        cached = self._rows[table]
+        keys = [key for key in written if cached.get(key, _MISSING) is not None]
         for chunk in _chunks(keys, MAX_PARAMS):
-            conn.execute(stmt, {"ks": list(chunk)})
-        for part in _chunks(params, _INSERT_CHUNK):
-            conn.execute(insert(sql_table), list(part))
+            self._delete_many[table].run(conn, chunk)
+        self._insert_state[table].run(conn, rows)
 
     @_serialised
     def get_block(self, height: int) -> Block | None:
@@ -805,23 +941,52 @@ class SqlChainStore:
         t = sc.txs
         with self._reading("reading txs"):
             rows = self._conn.execute(
-                select(*self._tx_columns())
-                .where(t.c.height == height)
-                .order_by(t.c.idx)
+                select(*self._tx_columns()).where(t.c.height == height).order_by(t.c.idx)
             ).all()
         return [self._tx_record(r) for r in rows]
 
     @staticmethod
     def _tx_columns() -> tuple[Any, ...]:
         t = sc.txs
-        return (t.c.tx_id, t.c.raw, t.c.height, t.c.idx, t.c.valid, t.c.code, t.c.authenticated)
+        return (
+            t.c.tx_id,
+            t.c.raw,
+            t.c.height,
+            t.c.idx,
+            t.c.valid,
+            t.c.code,
+            t.c.authenticated,
+            t.c.type,
+        )
 
     @staticmethod
     def _tx_record(row: Any) -> TxRecord:
-        tx_id, raw, height, idx, valid, code, authenticated = row
+        tx_id, raw, height, idx, valid, code, authenticated, tx_type = row
         return TxRecord(
-            str(tx_id), bytes(raw), int(height), int(idx), bool(valid), str(code), bool(authenticated)
+            str(tx_id),
+            bytes(raw),
+            int(height),
+            int(idx),
+            bool(valid),
+            str(code),
+            bool(authenticated),
+            str(tx_type),
         )
+
+    def block_index(self, start: int = 0, end: int | None = None) -> Iterator[BlockIndex]:
+        """The stored index columns of blocks from start up to (excluding) end, in order."""
+        if not self._refresh():
+            return
+        b = sc.blocks
+        stmt = select(b.c.height, b.c.hash, b.c.prev, b.c.time, b.c.tx_count).where(
+            b.c.height >= start
+        )
+        if end is not None:
+            stmt = stmt.where(b.c.height < end)
+        with self._lock, self._reading("reading blocks"):
+            rows = self._conn.execute(stmt.order_by(b.c.height)).all()
+        for height, digest, prev, time, tx_count in rows:
+            yield BlockIndex(int(height), str(digest), str(prev), int(time), int(tx_count))
 
     # -- state -----------------------------------------------------------------------------
 
@@ -882,10 +1047,9 @@ class SqlChainStore:
         """Atomically replace every state table with the rows of a recomputed state."""
         self._require_initialised()
         encoded = {
-            spec.name: [
-                self._codecs[spec.name].encode(key, row)
-                for key, row in sorted(state.tables.get(spec.name, {}).items())
-            ]
+            spec.name: self._codecs[spec.name].encode(
+                dict(sorted(state.tables.get(spec.name, {}).items()))
+            )
             for spec in TABLES
         }
         stage = "state"
@@ -895,8 +1059,7 @@ class SqlChainStore:
                     sql_table = sc.state_tables[spec.name]
                     stage = sql_table.name
                     conn.execute(delete(sql_table))
-                    for part in _chunks(encoded[spec.name], _INSERT_CHUNK):
-                        conn.execute(insert(sql_table), list(part))
+                    self._insert_state[spec.name].run(conn, encoded[spec.name])
         except SQLAlchemyError as exc:
             self._fail(exc, f"replacing state ({stage})")
         finally:
@@ -1030,6 +1193,16 @@ class SqlChainStore:
         if row is None:
             return None
         return Checkpoint.from_json({"body": parse(bytes(row[0])), "sigs": parse(row[1])})
+
+    def iter_checkpoints(self) -> Iterator[Checkpoint]:
+        """Every stored checkpoint, lowest height first."""
+        if not self._refresh():
+            return
+        t = sc.checkpoints
+        with self._lock, self._reading("reading checkpoints"):
+            rows = self._conn.execute(select(t.c.body, t.c.sigs).order_by(t.c.height)).all()
+        for body, sigs in rows:
+            yield Checkpoint.from_json({"body": parse(bytes(body)), "sigs": parse(sigs)})
 
 
 __all__ = ["IDENTITY_TABLES", "MAX_PARAMS", "SqlChainStore", "open_store", "sqlite_url"]
