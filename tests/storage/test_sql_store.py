@@ -86,7 +86,9 @@ def test_initialise_stores_genesis(open_stores: Factory) -> None:
     assert stored == g
     assert stored is not None and stored.to_bytes() == g.to_bytes()
     genesis_id = tx_id(GENESIS_DOC)
-    assert store.get_tx(genesis_id) == TxRecord(genesis_id, GENESIS_DOC, 0, 0, True, "ok")
+    assert store.get_tx(genesis_id) == TxRecord(
+        genesis_id, GENESIS_DOC, 0, 0, True, "ok", tx_type="genesis"
+    )
     assert store.get_tx("genesis") is None
     assert store.tx_seen(genesis_id)
     assert store.network_id() == NETWORK
@@ -178,7 +180,7 @@ def test_append_and_read_back(open_stores: Factory) -> None:
     ]
     assert store.block_txs(2) == []
     assert store.get_tx(tx_id(tx_bytes("c"))) == TxRecord(
-        tx_id(tx_bytes("c")), tx_bytes("c"), 3, 0, True, "ok"
+        tx_id(tx_bytes("c")), tx_bytes("c"), 3, 0, True, "ok", tx_type="record.write"
     )
     assert store.tx_seen(tx_id(tx_bytes("b")))
     assert not store.tx_seen(tx_id(tx_bytes("zz")))

@@ -39,10 +39,9 @@ ROLE_WRITES: dict[str, frozenset[str]] = {
     "admin": frozenset({"Patient"}),
 }
 
-# Purposes under which a basis lets a member write new content for a patient.
-WRITE_PURPOSES = frozenset({"treatment", "referral", "dispensing", "emergency"})
-# Purposes of care: what the author and organisation bases allow. Research or insurance
-# access needs a consent that says so; "own" is the patient's, "emergency" break-glass only.
+# Purposes of care: what the author and organisation bases allow, and the consent purposes
+# under which a member may write new content. Research or insurance access needs a consent
+# that says so (and never writes); "own" is the patient's, "emergency" break-glass only.
 CARE_PURPOSES = frozenset({"treatment", "referral", "dispensing"})
 
 
@@ -61,7 +60,7 @@ class Context:
     height: int
     time: int
     policy: Mapping[str, int]
-    orderers: tuple[str, ...] = ()
+    orderers: tuple[str, ...]
 
 
 Write = tuple[str, str, dict[str, Any]]
@@ -410,7 +409,7 @@ def record_write(st: StateReader, ctx: Context, tx: Transaction) -> list[Write]:
     purpose = "emergency" if b["basis"] == "emergency" else "treatment"
     if b["basis"] == "consent" and b["basis_ref"] is not None:
         consent = st.get("consent", b["basis_ref"])
-        if consent is not None and consent["purpose"] in WRITE_PURPOSES:
+        if consent is not None and consent["purpose"] in CARE_PURPOSES:
             purpose = consent["purpose"]
     problem = basis_holds(
         st,
@@ -648,7 +647,7 @@ def prescription_dispense(st: StateReader, ctx: Context, tx: Transaction) -> lis
     if member["role"] != "pharmacist" or member["org"] != b["pharmacy"]:
         raise Reject("not_authorised")
     if pharmacy["kind"] == "lab":
-        raise Reject("not_a_pharmacy")  # pharmacies, and clinics or hospitals with one
+        raise Reject("not_a_pharmacy")  # any organisation but a lab may run a pharmacy
     record = dict(_need(st, "record", b["prescription"], "unknown_record"))
     if record["resource_type"] != "MedicationRequest":
         raise Reject("wrong_type")

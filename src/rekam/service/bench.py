@@ -35,6 +35,7 @@ from rekam.service.proofs import BlockLog, build_receipt, make_checkpoint, verif
 from rekam.service.verify import verify_chain
 from rekam.service.workspace import Actor, OrgSpec, Workspace
 
+BLOCK_TXS = 500
 BENCH_ORGS = (
     OrgSpec("klinik-bench", "clinic", "Bench clinic"),
     OrgSpec("klinik-dua", "clinic", "Second clinic"),
@@ -79,7 +80,7 @@ def _network(parent: Path, name: str) -> Iterator[tuple[Workspace, Actor, str]]:
     """A throw-away network with one doctor and one patient, fast keystores."""
     parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=parent))
-    ws = Workspace.create(folder, "rekam-bench", BENCH_ORGS, kdf="fast")
+    ws = Workspace.create(folder, "rekam-bench", BENCH_ORGS, kdf="fast", block_max_txs=BLOCK_TXS)
     try:
         org = ws.actor("klinik-bench")
         doctor_id = ws.admin.enrol_member(org, "doctor", "bench-pass").id

@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from rekam.crypto import Signer
@@ -46,6 +46,7 @@ class NotCommittedError(NodeError):
 
 BlockListener = Callable[[Block, BlockResult], None]
 Prepared = tuple[list[Transaction | None], list[tuple[bool, ...]]]
+WrappedKey = tuple[str, int, str, bytes]  # (record, version, recipient, wrapped key)
 
 
 class Node:
@@ -67,6 +68,7 @@ class Node:
         # lock only guards the table of futures, so submitting never waits for a commit.
         self._commit_lock = threading.RLock()
         self._waiters_lock = threading.Lock()
+        self._attachments: dict[str, list[WrappedKey]] = {}
         self._cut_lock = threading.Lock()
         self._commit_queue: queue.Queue[tuple[Block, Future[Prepared]] | None] = queue.Queue()
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="rekam-prepare")
@@ -113,17 +115,21 @@ class Node:
 
     # -- submitting -----------------------------------------------------------------------
 
-    def submit(self, tx: Transaction) -> Future[TxResult]:
+    def submit(self, tx: Transaction, wrapped_keys: Sequence[WrappedKey] = ()) -> Future[TxResult]:
         """Queue a transaction; the future resolves with its result once durably committed.
 
         Only the waiter table is locked here, so submitters never wait for a commit in
         progress; whether the transaction is already in the chain is settled when its batch
-        is cut (one bulk lookup on the committing thread).
+        is cut (one bulk lookup on the committing thread). ``wrapped_keys`` (off-chain key
+        copies of the content the transaction commits) are stored in the same database
+        transaction as its block, and only if the transaction is valid.
         """
         future: Future[TxResult] = Future()
         with self._waiters_lock:
             waiting = self._waiters.get(tx.tx_id)
             self._waiters.setdefault(tx.tx_id, []).append(future)
+            if wrapped_keys:
+                self._attachments.setdefault(tx.tx_id, []).extend(wrapped_keys)
         if waiting:
             return future  # already queued: the same commit answers both
         if self._orderer is None:
@@ -131,10 +137,12 @@ class Node:
         self._orderer.submit(tx)
         return future
 
-    def submit_wait(self, tx: Transaction, timeout: float = 30.0) -> TxResult:
+    def submit_wait(
+        self, tx: Transaction, timeout: float = 30.0, wrapped_keys: Sequence[WrappedKey] = ()
+    ) -> TxResult:
         """Submit and block until the transaction is committed."""
         try:
-            return self.submit(tx).result(timeout)
+            return self.submit(tx, wrapped_keys).result(timeout)
         except TimeoutError:
             raise NotCommittedError("transaction was not committed in time") from None
 
@@ -222,7 +230,14 @@ class Node:
                 result = apply_block(
                     self.store, self.genesis, self._head, block, orgs, txs=txs, sig_ok=sig_ok
                 )
-                self.store.append_block(block, result.results, result.delta)
+                with self._waiters_lock:
+                    keys = [
+                        key
+                        for r in result.results
+                        if r.valid
+                        for key in self._attachments.get(r.tx_id, ())
+                    ]
+                self.store.append_block(block, result.results, result.delta, keys)
                 self._head = ChainHead(block.height, block.hash, block.time)
         except Exception as exc:
             self._fail(block, exc)
@@ -244,6 +259,7 @@ class Node:
     def _resolve_one(self, tx_result: TxResult) -> None:
         with self._waiters_lock:
             futures = self._waiters.pop(tx_result.tx_id, [])
+            self._attachments.pop(tx_result.tx_id, None)
         for future in futures:
             if not future.done():
                 future.set_result(tx_result)
@@ -257,6 +273,7 @@ class Node:
                 except Exception:
                     tx_id = hashlib.sha256(raw).hexdigest()
                 failed.extend(self._waiters.pop(tx_id, []))
+                self._attachments.pop(tx_id, None)
         error = NotCommittedError(f"block {block.height} was not committed: {type(exc).__name__}")
         for future in failed:
             if not future.done():

@@ -68,8 +68,14 @@ class ChainStore(StateReader, Prefetching, Protocol):
         """(height, hash) of the last block, or None before genesis."""
         ...
 
-    def append_block(self, block: Block, txs: Sequence[CommittedTx], delta: Delta) -> None:
-        """Atomically store a block, its transaction results and its state writes."""
+    def append_block(
+        self,
+        block: Block,
+        txs: Sequence[CommittedTx],
+        delta: Delta,
+        wrapped_keys: Sequence[tuple[str, int, str, bytes]] = (),
+    ) -> None:
+        """Atomically store a block, its results, its state writes and attached wrapped keys."""
         ...
 
     def get_block(self, height: int) -> Block | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -135,7 +135,13 @@ class RecordService:
             emergencies,
         )
 
-    def _submit(self, actor: Actor, tx_type: str, body: Mapping[str, Any]) -> TxResult:
+    def _submit(
+        self,
+        actor: Actor,
+        tx_type: str,
+        body: Mapping[str, Any],
+        wrapped_keys: Sequence[tuple[str, int, str, bytes]] = (),
+    ) -> TxResult:
         tx = make_tx(
             self.ws.node.network_id,
             tx_type,
@@ -144,7 +150,7 @@ class RecordService:
             body,
             self.ws.node.clock(),
         )
-        return self.ws.node.submit_wait(tx)
+        return self.ws.node.submit_wait(tx, wrapped_keys=wrapped_keys)
 
     def recipients(
         self, patient_id: str, patient: Row, author: str, resource_type: str
@@ -219,7 +225,6 @@ class RecordService:
                 patient, patient_row, author.id, validated.resource_type
             ).items()
         ]
-        self._store.put_wrapped_keys(keys)
         body = {
             "record": record_id,
             "version": version,
@@ -230,11 +235,10 @@ class RecordService:
             "basis": basis.kind,
             "basis_ref": basis.ref,
         }
-        result = self._submit(author, "record.write", body)
+        # The wrapped keys are stored with the block, in the same database transaction.
+        result = self._submit(author, "record.write", body, keys)
         if not result.valid:
             # Nothing points at this content: remove it so a refused write leaves no trace.
-            if head is None:
-                self._store.delete_wrapped_keys(record=record_id)
             self.ws.node.blobs.delete(digest)
             raise RejectedError(result.code, result.tx_id)
         return WriteResult(record_id, version, result.tx_id, digest)

@@ -781,14 +781,22 @@ class SqlChainStore:
         log.info("store initialised with the genesis block")
 
     @_serialised
-    def append_block(self, block: Block, txs: Sequence[CommittedTx], delta: Delta) -> None:
-        """Atomically store a block, its transaction results and its state writes.
+    def append_block(
+        self,
+        block: Block,
+        txs: Sequence[CommittedTx],
+        delta: Delta,
+        wrapped_keys: Sequence[tuple[str, int, str, bytes]] = (),
+    ) -> None:
+        """Atomically store a block, its transaction results, its state writes and the
+        off-chain wrapped keys of the record versions it commits.
 
         Raises ConflictError unless the block extends the current head (checked inside the
         transaction; the primary key on height settles races between writers).
         """
         if len(txs) != len(block.txs):
             raise StoreError(f"block {block.height}: one result per transaction is needed")
+        keys = self._wrapped_params(wrapped_keys)
         self._require_initialised()
         height = block.height
         self._stage = "reading the head"
@@ -801,6 +809,9 @@ class SqlChainStore:
                         f"block {height} does not extend the chain head (height {at})"
                     )
                 self._write_block(conn, block, txs, delta)
+                if keys:
+                    self._stage = "wrapped_keys"
+                    self._write_wrapped(conn, keys)
         except ConflictError:
             self._drop_caches()
             raise
@@ -1071,6 +1082,19 @@ class SqlChainStore:
     @_serialised
     def put_wrapped_keys(self, entries: Sequence[tuple[str, int, str, bytes]]) -> None:
         """Store (record, version, recipient, wrapped key) entries, replacing equal keys."""
+        params = self._wrapped_params(entries)
+        if not params:
+            return
+        self._require_initialised()
+        try:
+            with self._transaction() as conn:
+                self._write_wrapped(conn, params)
+        except SQLAlchemyError as exc:
+            self._fail(exc, "writing wrapped_keys")
+
+    @staticmethod
+    def _wrapped_params(entries: Sequence[tuple[str, int, str, bytes]]) -> list[dict[str, Any]]:
+        """Check wrapped-key entries and turn them into parameter rows (last one wins)."""
         rows: dict[tuple[str, int, str], bytes] = {}
         for record, version, recipient, wrapped in entries:
             if not (
@@ -1081,33 +1105,23 @@ class SqlChainStore:
             ):
                 raise StoreError("wrapped_keys entries are (str, int, str, bytes)")
             rows[(record, version, recipient)] = bytes(wrapped)
-        if not rows:
-            return
-        self._require_initialised()
-        t = sc.wrapped_keys
-        params = [
-            {"r": r, "v": v, "p": p, "record": r, "version": v, "recipient": p, "wrapped": w}
+        return [
+            {"record": r, "version": v, "recipient": p, "wrapped": w}
             for (r, v, p), w in rows.items()
         ]
-        try:
-            with self._transaction() as conn:
-                conn.execute(
-                    delete(t).where(
-                        t.c.record == bindparam("r"),
-                        t.c.version == bindparam("v"),
-                        t.c.recipient == bindparam("p"),
-                    ),
-                    [{"r": p["r"], "v": p["v"], "p": p["p"]} for p in params],
-                )
-                conn.execute(
-                    insert(t),
-                    [
-                        {k: p[k] for k in ("record", "version", "recipient", "wrapped")}
-                        for p in params
-                    ],
-                )
-        except SQLAlchemyError as exc:
-            self._fail(exc, "writing wrapped_keys")
+
+    @staticmethod
+    def _write_wrapped(conn: Connection, params: list[dict[str, Any]]) -> None:
+        t = sc.wrapped_keys
+        conn.execute(
+            delete(t).where(
+                t.c.record == bindparam("r"),
+                t.c.version == bindparam("v"),
+                t.c.recipient == bindparam("p"),
+            ),
+            [{"r": p["record"], "v": p["version"], "p": p["recipient"]} for p in params],
+        )
+        conn.execute(insert(t), params)
 
     @_serialised
     def get_wrapped_key(self, record: str, version: int, recipient: str) -> bytes | None:
