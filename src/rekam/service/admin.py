@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rekam.encoding import b64e
-from rekam.ledger.tx import ROLES, id_kind, make_tx, new_id
+from rekam.ledger.tx import ROLES, id_kind, new_id
 from rekam.ledger.validate import TxResult
 from rekam.service.errors import InvalidContentError, NotFoundError, RejectedError
 from rekam.service.records import WriteResult
@@ -36,20 +36,6 @@ class AdminService:
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
-
-    def _submit(self, actor: Actor, tx_type: str, body: Mapping[str, Any]) -> TxResult:
-        tx = make_tx(
-            self.ws.node.network_id,
-            tx_type,
-            actor.id,
-            actor.identity.signer,
-            body,
-            self.ws.node.clock(),
-        )
-        result = self.ws.node.submit_wait(tx)
-        if not result.valid:
-            raise RejectedError(result.code, result.tx_id)
-        return result
 
     def _org_of(self, actor: Actor) -> str:
         if actor.kind == "org":
@@ -85,7 +71,7 @@ class AdminService:
             "valid_until": now + years * YEAR_MS,
         }
         try:
-            result = self._submit(actor, "member.enrol", body)
+            result = self.ws.submit(actor, "member.enrol", body)
         except RejectedError:
             self.ws.datadir.keystore_path(member).unlink(missing_ok=True)
             raise
@@ -97,7 +83,7 @@ class AdminService:
         """Revoke a member: their signatures and accesses stop being valid from now on."""
         if id_kind(member) != "member" or self.ws.node.store.get("member", member) is None:
             raise NotFoundError("unknown member")
-        return self._submit(actor, "member.revoke", {"member": member})
+        return self.ws.submit(actor, "member.revoke", {"member": member})
 
     def register_patient(
         self,
@@ -123,7 +109,7 @@ class AdminService:
             "enc_key": b64e(enc_pub),
         }
         try:
-            result = self._submit(actor, "patient.register", body)
+            result = self.ws.submit(actor, "patient.register", body)
         except RejectedError:
             self.ws.datadir.keystore_path(patient).unlink(missing_ok=True)
             raise
@@ -145,7 +131,7 @@ class AdminService:
         try:
             sign_pub, enc_pub = self.ws.datadir.create_keystore(actor.id, passphrase)
             body = {"subject": actor.id, "sign_key": b64e(sign_pub), "enc_key": b64e(enc_pub)}
-            return self._submit(actor, "key.rotate", body)
+            return self.ws.submit(actor, "key.rotate", body)
         except BaseException:
             path.unlink(missing_ok=True)
             backup.replace(path)

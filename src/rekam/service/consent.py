@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 from rekam.crypto import DecryptionError, wrap_key
 from rekam.encoding import b64d
 from rekam.ledger.block import Block
-from rekam.ledger.tx import EMERGENCY_REASONS, RESOURCE_TYPES, id_kind, make_tx, new_id
+from rekam.ledger.tx import EMERGENCY_REASONS, RESOURCE_TYPES, id_kind, new_id
 from rekam.ledger.validate import BlockResult, TxResult
-from rekam.service.errors import NotFoundError, RejectedError
+from rekam.service.errors import NotFoundError
 from rekam.service.ports import ChainStore
 from rekam.service.records import DEK_INFO, binding, require
 
@@ -44,20 +44,6 @@ class ConsentService:
     @property
     def _store(self) -> ChainStore:
         return self.ws.node.store
-
-    def _submit(self, actor: Actor, tx_type: str, body: dict[str, Any]) -> TxResult:
-        tx = make_tx(
-            self.ws.node.network_id,
-            tx_type,
-            actor.id,
-            actor.identity.signer,
-            body,
-            self.ws.node.clock(),
-        )
-        result = self.ws.node.submit_wait(tx)
-        if not result.valid:
-            raise RejectedError(result.code, result.tx_id)
-        return result
 
     def grant(
         self,
@@ -88,14 +74,14 @@ class ConsentService:
             "start": begin,
             "end": begin + days * DAY_MS,
         }
-        result = self._submit(actor, "consent.grant", body)
+        result = self.ws.submit(actor, "consent.grant", body)
         return Grant(consent, result.tx_id)
 
     def revoke(self, actor: Actor, consent: str) -> TxResult:
         """Revoke a consent: future reads stop and the grantee's wrapped keys are deleted."""
         if self._store.get("consent", consent) is None:
             raise NotFoundError("unknown consent")
-        return self._submit(actor, "consent.revoke", {"consent": consent})
+        return self.ws.submit(actor, "consent.revoke", {"consent": consent})
 
     def emergency(
         self, member: Actor, patient: str, reason: str, minutes: int = 60
@@ -113,7 +99,7 @@ class ConsentService:
             "reason": reason,
             "expires": self.ws.node.clock() + minutes * 60 * 1000,
         }
-        return access, self._submit(member, "emergency.open", body)
+        return access, self.ws.submit(member, "emergency.open", body)
 
     def active_for_patient(self, patient: str) -> list[tuple[str, dict[str, Any]]]:
         """A patient's consents that are neither revoked nor expired."""

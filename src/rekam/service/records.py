@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from rekam.encoding import b64d, canonical
 from rekam.ledger.block import Block
 from rekam.ledger.rules import authorship
 from rekam.ledger.state import Row, StateReader
-from rekam.ledger.tx import RESOURCE_TYPES, id_kind, make_tx, new_id
+from rekam.ledger.tx import RESOURCE_TYPES, id_kind, new_id
 from rekam.ledger.validate import BlockResult, TxResult
 from rekam.records.fhir import FhirValidationError, content_bytes, validate_resource
 from rekam.service.errors import (
@@ -135,23 +135,6 @@ class RecordService:
             emergencies,
         )
 
-    def _submit(
-        self,
-        actor: Actor,
-        tx_type: str,
-        body: Mapping[str, Any],
-        wrapped_keys: Sequence[tuple[str, int, str, bytes]] = (),
-    ) -> TxResult:
-        tx = make_tx(
-            self.ws.node.network_id,
-            tx_type,
-            actor.id,
-            actor.identity.signer,
-            body,
-            self.ws.node.clock(),
-        )
-        return self.ws.node.submit_wait(tx, wrapped_keys=wrapped_keys)
-
     def recipients(
         self, patient_id: str, patient: Row, author: str, resource_type: str
     ) -> dict[str, str]:
@@ -236,11 +219,12 @@ class RecordService:
             "basis_ref": basis.ref,
         }
         # The wrapped keys are stored with the block, in the same database transaction.
-        result = self._submit(author, "record.write", body, keys)
-        if not result.valid:
+        try:
+            result = self.ws.submit(author, "record.write", body, wrapped_keys=keys)
+        except RejectedError:
             # Nothing points at this content: remove it so a refused write leaves no trace.
             self.ws.node.blobs.delete(digest)
-            raise RejectedError(result.code, result.tx_id)
+            raise
         return WriteResult(record_id, version, result.tx_id, digest)
 
     # -- read -----------------------------------------------------------------------------
@@ -274,9 +258,7 @@ class RecordService:
             "basis_ref": basis.ref if basis else None,
             "purpose": purpose_for(basis, purpose) if basis else purpose,
         }
-        result = self._submit(reader, "access.read", body)
-        if not result.valid:
-            raise RejectedError(result.code, result.tx_id)
+        result = self.ws.submit(reader, "access.read", body)
         if basis is None:
             if record["erased"]:
                 raise ContentUnavailable("the record was erased")
@@ -361,10 +343,7 @@ class RecordService:
     def erase(self, actor: Actor, record_id: str, reason: str = "patient_request") -> TxResult:
         """Erase a record (patient or home organisation): content and keys are destroyed."""
         self._record(record_id)
-        result = self._submit(actor, "record.erase", {"record": record_id, "reason": reason})
-        if not result.valid:
-            raise RejectedError(result.code, result.tx_id)
-        return result
+        return self.ws.submit(actor, "record.erase", {"record": record_id, "reason": reason})
 
     # -- pharmacy -------------------------------------------------------------------------
 
@@ -400,10 +379,7 @@ class RecordService:
             "basis": basis.kind,
             "basis_ref": basis.ref,
         }
-        result = self._submit(pharmacist, "prescription.dispense", body)
-        if not result.valid:
-            raise RejectedError(result.code, result.tx_id)
-        return result, written
+        return self.ws.submit(pharmacist, "prescription.dispense", body), written
 
     def for_patient(self, patient_id: str) -> list[tuple[str, dict[str, Any]]]:
         """The heads of a patient's records (metadata only; no content)."""

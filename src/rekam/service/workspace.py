@@ -9,7 +9,7 @@ use-case services. It is the only place that picks concrete adapters.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,13 +18,14 @@ from rekam.blobs import DirectoryBlobStore
 from rekam.crypto import Identity, load_identity
 from rekam.encoding import b64e
 from rekam.ledger.block import Genesis, genesis_block
-from rekam.ledger.tx import ORG_KINDS, id_kind
-from rekam.ledger.validate import genesis_delta
+from rekam.ledger.tx import ORG_KINDS, id_kind, make_tx
+from rekam.ledger.validate import TxResult, genesis_delta
 from rekam.ordering.solo import SoloOrderer
 from rekam.service.admin import AdminService
 from rekam.service.audit import AuditService
 from rekam.service.consent import ConsentService
 from rekam.service.datadir import CONFIG_FORMAT, DataDir, DataDirError, FolderLock
+from rekam.service.errors import RejectedError
 from rekam.service.node import Node, now_ms
 from rekam.service.records import RecordService
 from rekam.storage import open_store
@@ -194,6 +195,26 @@ class Workspace:
             self.datadir.keystore_uri(principal), self.datadir.root, passphrase=passphrase
         )
         return Actor(principal, identity)
+
+    def submit(
+        self,
+        actor: Actor,
+        tx_type: str,
+        body: Mapping[str, Any],
+        *,
+        wrapped_keys: Sequence[tuple[str, int, str, bytes]] = (),
+    ) -> TxResult:
+        """Sign a transaction as ``actor``, commit it and return its result.
+
+        Raises RejectedError when the network refuses it (the reason code says which rule).
+        """
+        tx = make_tx(
+            self.node.network_id, tx_type, actor.id, actor.identity.signer, body, self.node.clock()
+        )
+        result = self.node.submit_wait(tx, wrapped_keys=wrapped_keys)
+        if not result.valid:
+            raise RejectedError(result.code, result.tx_id)
+        return result
 
     @property
     def genesis(self) -> Genesis:
