@@ -211,8 +211,25 @@ def verify(data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
     """Check hash chain, Merkle roots, signatures, validity, state tables and blobs."""
     from rekam.service.verify import verify_chain
 
-    with _workspace(data_dir) as ws:
-        report = verify_chain(ws.node.store, ws.genesis, ws.node.blobs)
+    with (
+        _workspace(data_dir) as ws,
+        Progress(
+            TextColumn("verifying blocks"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=as_json or ws.node.head.height < 200,
+        ) as progress,
+    ):
+        task = progress.add_task("verify", total=ws.node.head.height)
+        report = verify_chain(
+            ws.node.store,
+            ws.genesis,
+            ws.node.blobs,
+            progress=lambda height: progress.update(task, completed=height),
+        )
     if as_json:
         print(
             json.dumps(
