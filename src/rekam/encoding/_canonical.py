@@ -105,6 +105,67 @@ def _no_constant(text: str) -> Any:
     raise CanonicalError("NaN and Infinity are not JSON")
 
 
+# Built once: json.loads with hooks would build a decoder on every call. Decoders keep no
+# state between calls, so threads can share them (as they share json's own default decoder).
+# ``decode`` is what json.loads runs for a str; a byte order mark is refused by the scanner.
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_constant
+)
+
+
+def _safe_int(digits: str) -> int:
+    # json hands over the token's text; a safe integer has at most 16 digits and a sign.
+    if len(digits) <= 17:
+        value = int(digits)
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return value
+    raise CanonicalError("integer outside the safe range +-(2**53 - 1)")
+
+
+# Characters the fast path leaves to the full check: astral characters (their member names sort
+# by UTF-16 code units, not code points) and surrogates (only a str input can hold them).
+_NOT_BMP = re.compile("[\ud800-\udfff\U00010000-\U0010ffff]")
+_UNDECIDED = object()
+_FAST_DECODER = json.JSONDecoder(
+    parse_int=_safe_int, parse_float=_no_float, parse_constant=_no_constant
+)
+
+
+def _parse_canonical_fast(text: str) -> Any:
+    """The value of ``text`` when it is certainly canonical, else ``_UNDECIDED``.
+
+    Accepting here means ``_ENCODER.encode(value) == text``, which implies everything the full
+    path checks, so both paths accept exactly the same inputs and return equal values:
+
+    - types and ranges: json gives only dict, list, str, int, bool and None; floats and
+      NaN/Infinity raise in the hooks and integers outside the safe range in ``_safe_int``;
+    - depth: no value is enclosed in more than 32 containers when the text holds at most 32
+      opening brackets in all (brackets inside strings only make the count larger);
+    - member order and escapes: with no astral character in the text, the encoding, which
+      writes every character from U+0020 on as itself, holds none either, so no member name
+      has one; then code-point order (``sort_keys``) is UTF-16 order and the C encoder's output
+      is exactly ``canonical(value)`` (see ``canonical``);
+    - UTF-8: the text has no surrogate, so neither has its equal, the encoding;
+    - duplicate member names: the input text *is* the encoding of a dict-based value, which
+      writes each object's distinct keys once, so the input has no duplicates either (a
+      duplicate would have collapsed into one member while parsing, and the texts would
+      differ). The ``object_pairs_hook`` can therefore be left out here.
+
+    Anything else, including every input that is not canonical, goes to the full path, which
+    also gives the precise reason for a refusal.
+    """
+    if (not text.isascii() and _NOT_BMP.search(text)) or (
+        text.count("{") + text.count("[") > _MAX_DEPTH
+    ):
+        return _UNDECIDED
+    try:
+        value = _FAST_DECODER.decode(text)
+        encoded = _ENCODER.encode(value)
+    except (ValueError, RecursionError):  # CanonicalError included: the full path explains
+        return _UNDECIDED
+    return value if encoded == text else _UNDECIDED
+
+
 def parse(data: bytes | str, *, require_canonical: bool = False) -> Any:
     """Parse JSON, refusing duplicate keys and floats; optionally insist the input is canonical."""
     if isinstance(data, bytes | bytearray):
@@ -115,13 +176,12 @@ def parse(data: bytes | str, *, require_canonical: bool = False) -> Any:
             raise CanonicalError("not UTF-8") from None
         if data.startswith("\ufeff"):
             raise CanonicalError("a byte order mark is not allowed")
+    if require_canonical:
+        fast = _parse_canonical_fast(data)
+        if fast is not _UNDECIDED:
+            return fast
     try:
-        value = json.loads(
-            data,
-            object_pairs_hook=_no_duplicates,
-            parse_float=_no_float,
-            parse_constant=_no_constant,
-        )
+        value = _DECODER.decode(data)
     except CanonicalError:
         raise
     except (ValueError, RecursionError) as exc:
@@ -149,17 +209,24 @@ def b64e(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# A text of 4k+2 (4k+3) characters ends in one carrying 4 (2) bits beyond the data, which must
+# be zero: the last character's alphabet index is then a multiple of 16 (4).
+_CLEAN_LAST = {0: "", 2: _B64URL_ALPHABET[::16], 3: _B64URL_ALPHABET[::4]}
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+
+
 def b64d(text: str) -> bytes:
     """Decode unpadded base64url, refusing padding, other alphabets and non-canonical tails."""
-    if not isinstance(text, str) or "=" in text or len(text) % 4 == 1:
+    if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise CanonicalError("not unpadded base64url")
-    try:
-        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise CanonicalError("not unpadded base64url") from exc
-    if b64e(raw) != text:
+    tail = len(text) % 4
+    if tail and text[-1] not in _CLEAN_LAST[tail]:
         raise CanonicalError("base64url has non-zero trailing bits")
-    return raw
+    # Only the alphabet is left, and the padding makes whole quanta: this cannot fail.
+    padded = text.encode("ascii").translate(_TO_STANDARD) + b"=" * (-len(text) % 4)
+    return binascii.a2b_base64(padded, strict_mode=True)
 
 
 def from_hex(text: str, length: int | None = None) -> bytes:

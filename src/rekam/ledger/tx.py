@@ -321,18 +321,10 @@ class Transaction:
 
     @classmethod
     def _from_envelope(cls, envelope: Any, raw: bytes) -> Transaction:
-        if not isinstance(envelope, dict) or envelope.keys() != {"tx", "sigs"}:
+        if not isinstance(envelope, dict) or envelope.keys() != _ENVELOPE_KEYS:
             raise MalformedError("envelope must have exactly tx and sigs")
         tx = envelope["tx"]
-        if not isinstance(tx, dict) or tx.keys() != {
-            "v",
-            "network",
-            "type",
-            "created",
-            "nonce",
-            "signer",
-            "body",
-        }:
+        if not isinstance(tx, dict) or tx.keys() != _TX_KEYS:
             raise MalformedError(
                 "tx must have exactly v, network, type, created, nonce, signer, body"
             )
@@ -342,7 +334,7 @@ class Transaction:
             raise MalformedError("network must be 64 lowercase hex digits")
         if not isinstance(tx["nonce"], str) or not _HEX32.fullmatch(tx["nonce"]):
             raise MalformedError("nonce must be 32 lowercase hex digits")
-        if _int()(tx["created"]) is not None:
+        if _NON_NEGATIVE(tx["created"]) is not None:
             raise MalformedError("created must be a non-negative integer")
         if _SUBJECT(tx["signer"]) is not None:
             raise MalformedError("signer must be an org, member or patient id")
@@ -352,7 +344,7 @@ class Transaction:
             raise MalformedError("sigs must be a non-empty list")
         parsed: list[Signature] = []
         for item in sigs:
-            if not isinstance(item, dict) or item.keys() != {"by", "key", "sig"}:
+            if not isinstance(item, dict) or item.keys() != _SIGNATURE_KEYS:
                 raise MalformedError("each signature must have exactly by, key, sig")
             if _SUBJECT(item["by"]) is not None:
                 raise MalformedError("signature by must be an org, member or patient id")
@@ -369,7 +361,7 @@ class Transaction:
             raise MalformedError("only organisation changes carry co-signatures")
         if len({s.by for s in parsed}) != len(parsed):
             raise MalformedError("a principal signed twice")
-        unsigned = canonical(tx)
+        unsigned = _unsigned_bytes(raw, tx)
         return cls(
             tx=tx,
             signatures=tuple(parsed),
@@ -377,6 +369,34 @@ class Transaction:
             tx_id=hashlib.sha256(unsigned).hexdigest(),
             signed_message=SIGNING_DOMAIN + unsigned,
         )
+
+
+_ENVELOPE_KEYS = frozenset({"tx", "sigs"})
+_TX_KEYS = frozenset({"v", "network", "type", "created", "nonce", "signer", "body"})
+_SIGNATURE_KEYS = frozenset({"by", "key", "sig"})
+_NON_NEGATIVE = _int()
+_TX_MEMBER = b',"tx":'
+
+
+def _unsigned_bytes(raw: bytes, tx: dict[str, Any]) -> bytes:
+    """``canonical(tx)`` of a decoded envelope, cut out of its bytes instead of re-encoded.
+
+    ``raw`` is ``C(envelope)``, checked byte for byte by ``parse``, and the envelope's members
+    are exactly ``sigs`` and ``tx``, in that (sorted) order, so::
+
+        raw == b'{"sigs":' + C(sigs) + b',"tx":' + C(tx) + b'}'
+
+    The signatures have been checked to hold only ids and base64url (letters, digits, ``-``
+    and ``_``) under the names ``by``, ``key`` and ``sig``, so ``C(sigs)`` contains exactly
+    one ``]``, its last byte, and nothing before it in ``raw`` is a ``]`` either: the first
+    ``]`` in ``raw`` ends the signatures. The separator and the closing brace are checked all
+    the same; should they ever not be there, the bytes are encoded afresh.
+    """
+    end = raw.find(b"]") + 1
+    start = end + len(_TX_MEMBER)
+    if end and raw[end:start] == _TX_MEMBER and raw.endswith(b"}"):
+        return raw[start:-1]
+    return canonical(tx)  # not reached for envelopes that decode
 
 
 def unsigned_tx(

@@ -110,13 +110,19 @@ def decode_all(raw_txs: Sequence[bytes]) -> list[Transaction | None]:
     return out
 
 
-def check_signatures(txs: Sequence[Transaction | None]) -> list[tuple[bool, ...]]:
-    """Verify every signature of every transaction, in parallel; per-transaction tuples."""
+def check_signatures(
+    txs: Sequence[Transaction | None], workers: int | None = None
+) -> list[tuple[bool, ...]]:
+    """Verify every signature of every transaction; per-transaction tuples.
+
+    In parallel on the shared verification threads, or on ``workers`` threads (1: the
+    calling thread only, as a worker process wants).
+    """
     items: list[tuple[bytes, bytes, bytes]] = []
     for tx in txs:
         if tx is not None:
             items.extend((s.key, tx.signed_message, s.sig) for s in tx.signatures)
-    flat = iter(verify_many(items))
+    flat = iter(verify_many(items, workers))
     return [() if tx is None else tuple(next(flat) for _ in tx.signatures) for tx in txs]
 
 

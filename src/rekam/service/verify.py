@@ -3,15 +3,27 @@
 ``verify_chain`` re-derives everything from the blocks: the hash chain, every Merkle root,
 every block and transaction signature, every transaction's validity, every state table row,
 the content hashes of stored blobs, and the stored checkpoint. It stops at the first problem
-and names where it is. Signatures are checked in parallel batches across blocks.
+and names where it is. Transactions are decoded and their signatures checked in batches,
+ahead of the blocks being applied and in worker processes where possible (see
+``_Preparation``); the stored state is read while waiting for them.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import itertools
+import multiprocessing
+import os
+import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from rekam.crypto import verify_signature
 from rekam.encoding import b64d
@@ -21,6 +33,7 @@ from rekam.ledger.state import TABLES, MemoryState
 from rekam.ledger.tx import Transaction
 from rekam.ledger.validate import (
     ChainHead,
+    TxResult,
     apply_block,
     check_signatures,
     decode_all,
@@ -29,7 +42,18 @@ from rekam.ledger.validate import (
 from rekam.service.ports import BlobStore, ChainStore
 from rekam.service.proofs import BlockLog
 
+# Replay reads blocks in batches, each closed at whichever limit it reaches first, and
+# prepares (decodes and signature-checks) up to PREPARE_AHEAD batches ahead of the one it
+# applies. Preparing needs no state, so on Linux it runs in up to MAX_WORKERS forked worker
+# processes while this process applies blocks. Threads would not do: each signature check
+# has to take the GIL back afterwards, and a thread busy applying blocks gives it up only
+# every 5 ms (the switch interval), so checks on threads crawl while blocks are applied.
 BATCH_BLOCKS = 32
+BATCH_TXS = 512
+PREPARE_AHEAD = 3
+MAX_WORKERS = 8
+# Stored state rows read per piece while replay waits for prepared batches.
+STATE_ROWS_STEP = 250
 
 
 @dataclass
@@ -78,13 +102,137 @@ class VerifyFailure(Exception):
 
 def _batches(store: ChainStore, start: int) -> Iterator[list[Block]]:
     batch: list[Block] = []
+    txs = 0
     for block in store.iter_blocks(start):
         batch.append(block)
-        if len(batch) >= BATCH_BLOCKS:
+        txs += len(block.txs)
+        if len(batch) >= BATCH_BLOCKS or txs >= BATCH_TXS:
             yield batch
-            batch = []
+            batch, txs = [], 0
     if batch:
         yield batch
+
+
+PreparedTxs = tuple[list[Transaction | None], list[tuple[bool, ...]]]
+
+
+def _prepare_txs(raws: list[bytes]) -> PreparedTxs:
+    """Decode envelopes and check their signatures on this thread: a worker process's task."""
+    decoded = decode_all(raws)
+    return decoded, check_signatures(decoded, workers=1)
+
+
+def _worker_start() -> None:
+    # Nothing inherited from the parent becomes garbage in a worker. Frozen, it is left out of
+    # collections, which would otherwise write to (and so copy) every inherited page.
+    gc.freeze()
+
+
+def _worker_pool() -> tuple[ProcessPoolExecutor, int] | None:
+    """Forked worker processes and their number, or None where they would not help."""
+    workers = min(os.cpu_count() or 1, MAX_WORKERS)
+    # Forking is cheap and needs no imports; elsewhere batches are prepared in this process,
+    # as they are in a daemonic process, which may not have children.
+    if (
+        workers < 2
+        or not sys.platform.startswith("linux")
+        or multiprocessing.current_process().daemon
+    ):
+        return None
+    context = multiprocessing.get_context("fork")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start), workers
+
+
+# What may go wrong with the worker processes themselves (not with the work): a worker died,
+# the pool was shut down, forking failed. Batches are then prepared in this process.
+_POOL_FAILURES = (BrokenProcessPool, CancelledError, RuntimeError, OSError)
+
+
+class _Preparation:
+    """Batches of blocks from a height on, each with its transactions decoded and checked.
+
+    Blocks come out in order, with their decoded transactions (None where malformed) and each
+    transaction's signature results, as ``apply_block`` takes them. A chain of more than one
+    batch is prepared by worker processes, PREPARE_AHEAD batches ahead, each batch split into
+    one contiguous part per worker; while a batch is not back, ``idle`` (if given) is called
+    for small pieces of other work, until it first returns False. Without workers, or should
+    they fail, batches are prepared in this process (signatures on the shared thread pool).
+    """
+
+    def __init__(self, store: ChainStore, start: int, idle: Callable[[], bool] | None) -> None:
+        self._batches = _batches(store, start)
+        self._idle = idle
+        self._pool: ProcessPoolExecutor | None = None
+        self._workers = 1
+        self._pending: deque[tuple[list[Block], list[Future[PreparedTxs]]]] = deque()
+
+    def __enter__(self) -> _Preparation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __iter__(self) -> Iterator[tuple[Block, list[Transaction | None], list[tuple[bool, ...]]]]:
+        first = next(self._batches, None)
+        if first is None:
+            return
+        second = next(self._batches, None)
+        if second is not None:  # one batch is done before workers would have started
+            started = _worker_pool()
+            if started is not None:
+                self._pool, self._workers = started
+        batches = itertools.chain([first] if second is None else [first, second], self._batches)
+        while True:
+            while len(self._pending) < PREPARE_AHEAD:
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                self._pending.append((batch, self._submit(batch)))
+            if not self._pending:
+                return
+            batch, parts = self._pending.popleft()
+            decoded, sig_ok = self._collect(batch, parts)
+            cursor = 0
+            for block in batch:
+                end = cursor + len(block.txs)
+                yield block, decoded[cursor:end], sig_ok[cursor:end]
+                cursor = end
+
+    def _submit(self, batch: list[Block]) -> list[Future[PreparedTxs]]:
+        if self._pool is None:
+            return []
+        raws = [raw for block in batch for raw in block.txs]
+        size = max(1, -(-len(raws) // self._workers))
+        try:
+            return [
+                self._pool.submit(_prepare_txs, raws[i : i + size])
+                for i in range(0, len(raws), size)
+            ]
+        except _POOL_FAILURES:
+            self._stop()
+            return []
+
+    def _collect(self, batch: list[Block], parts: list[Future[PreparedTxs]]) -> PreparedTxs:
+        if parts:
+            while self._idle is not None and not all(part.done() for part in parts):
+                if not self._idle():
+                    self._idle = None  # nothing left to do meanwhile
+            try:
+                results = [part.result() for part in parts]
+            except _POOL_FAILURES:
+                self._stop()
+            else:
+                return (
+                    [tx for decoded, _ in results for tx in decoded],
+                    [ok for _, sig_ok in results for ok in sig_ok],
+                )
+        decoded = decode_all([raw for block in batch for raw in block.txs])
+        return decoded, check_signatures(decoded)
 
 
 def replay_store(
@@ -93,8 +241,13 @@ def replay_store(
     report: VerifyReport,
     progress: Callable[[int], None] | None = None,
     compare_results: bool = True,
+    idle: Callable[[], bool] | None = None,
 ) -> tuple[MemoryState, ChainHead]:
-    """Recompute state from the stored blocks, checking each against what the store claims."""
+    """Recompute state from the stored blocks, checking each against what the store claims.
+
+    ``idle`` is called for small pieces of other work while the blocks' transactions are
+    still being decoded and checked elsewhere; it returns False when it has nothing left.
+    """
     stored_head = store.head()
     if stored_head is None:
         raise VerifyFailure("the store holds no chain")
@@ -110,15 +263,10 @@ def replay_store(
     head = ChainHead(0, g.hash, g.time)
     report.blocks = 1
     _check_index(store, [first])
-    for batch in _batches(store, 1):
-        decoded = [decode_all(b.txs) for b in batch]
-        flat: list[Transaction | None] = [tx for txs in decoded for tx in txs]
-        flat_ok = check_signatures(flat)
-        report.signatures += sum(len(ok) for ok in flat_ok) + len(batch)
-        cursor = 0
-        for block, txs in zip(batch, decoded, strict=True):
-            sig_ok = flat_ok[cursor : cursor + len(txs)]
-            cursor += len(txs)
+    with _Preparation(store, 1, idle) as prepared:
+        batch: list[Block] = []
+        for block, txs, sig_ok in prepared:
+            report.signatures += sum(len(ok) for ok in sig_ok) + 1
             try:
                 result = apply_block(
                     state, genesis, head, block, state.tables["org"].keys(), txs=txs, sig_ok=sig_ok
@@ -126,23 +274,7 @@ def replay_store(
             except InvalidBlockError as exc:
                 raise VerifyFailure(str(exc)) from None
             if compare_results:
-                stored = store.block_txs(block.height)
-                if len(stored) != len(result.results):
-                    raise VerifyFailure(f"block {block.height}: stored transaction count differs")
-                for index, (mine, theirs) in enumerate(zip(result.results, stored, strict=True)):
-                    for field in ("tx_id", "tx_type", "valid", "code", "authenticated"):
-                        stored_value = getattr(theirs, field)
-                        if getattr(mine, field) != stored_value:
-                            raise VerifyFailure(
-                                f"block {block.height} transaction {index} "
-                                f"({theirs.tx_id[:16]}): stored {field} {stored_value!r}, "
-                                f"the blocks give {getattr(mine, field)!r}"
-                            )
-                    if theirs.raw != block.txs[index]:
-                        raise VerifyFailure(
-                            f"block {block.height} transaction {index}: "
-                            "stored bytes differ from the block"
-                        )
+                _compare_results(store, block, result.results)
             state.apply(result.delta, result.delta.tx_ids)
             for org, row in result.delta.tables["org"].items():
                 report.org_keys.setdefault(org, set()).add(row["sign_key"])
@@ -150,11 +282,12 @@ def replay_store(
             report.blocks += 1
             report.txs += len(result.results)
             report.invalid_txs += sum(1 for r in result.results if not r.valid)
-        # After the blocks themselves: a rewritten header is reported as the bad signature it
-        # is; only the index columns beside a sound header are compared here.
-        _check_index(store, batch)
-        if progress is not None:
-            progress(head.height)
+            batch.append(block)
+            if len(batch) >= BATCH_BLOCKS:
+                _end_of_batch(store, batch, head, progress)
+                batch = []
+        if batch:
+            _end_of_batch(store, batch, head, progress)
     if (head.height, head.hash) != stored_head:
         raise VerifyFailure(
             f"head: store says height {stored_head[0]} hash {stored_head[1][:16]}, "
@@ -163,38 +296,168 @@ def replay_store(
     return state, head
 
 
-def _compare_state(store: ChainStore, state: MemoryState, report: VerifyReport) -> None:
-    for spec in TABLES:
-        stored = dict(store.state_rows(spec.name))
-        mine = state.tables[spec.name]
-        for key in sorted(set(stored) | set(mine)):
-            if key not in stored:
-                raise VerifyFailure(f"state {spec.name} row {key}: missing from the store")
-            if key not in mine:
+_RESULT_FIELDS = ("tx_id", "tx_type", "valid", "code", "authenticated")
+
+
+def _compare_results(store: ChainStore, block: Block, results: list[TxResult]) -> None:
+    """The stored results and bytes of a block's transactions must be what replay gives."""
+    stored = store.block_txs(block.height)
+    if len(stored) != len(results):
+        raise VerifyFailure(f"block {block.height}: stored transaction count differs")
+    for index, (mine, theirs) in enumerate(zip(results, stored, strict=True)):
+        if (
+            mine.tx_id == theirs.tx_id
+            and mine.tx_type == theirs.tx_type
+            and mine.valid == theirs.valid
+            and mine.code == theirs.code
+            and mine.authenticated == theirs.authenticated
+            and theirs.raw == block.txs[index]
+        ):
+            continue
+        for field_name in _RESULT_FIELDS:
+            stored_value = getattr(theirs, field_name)
+            if getattr(mine, field_name) != stored_value:
                 raise VerifyFailure(
-                    f"state {spec.name} row {key}: in the store but not in any block"
+                    f"block {block.height} transaction {index} "
+                    f"({theirs.tx_id[:16]}): stored {field_name} {stored_value!r}, "
+                    f"the blocks give {getattr(mine, field_name)!r}"
                 )
-            for column in spec.column_names():
-                if stored[key][column] != mine[key][column]:
-                    raise VerifyFailure(
-                        f"state {spec.name} row {key}: column {column} differs from the blocks"
-                    )
+        raise VerifyFailure(
+            f"block {block.height} transaction {index}: stored bytes differ from the block"
+        )
+
+
+def _end_of_batch(
+    store: ChainStore,
+    blocks: list[Block],
+    head: ChainHead,
+    progress: Callable[[int], None] | None,
+) -> None:
+    # After the blocks themselves: a rewritten header is reported as the bad signature it
+    # is; only the index columns beside a sound header are compared here.
+    _check_index(store, blocks)
+    if progress is not None:
+        progress(head.height)
+
+
+class _StoredState:
+    """The store's state tables, read a piece at a time whenever replay would wait anyway.
+
+    Replay reads only blocks, so reading the state early changes no outcome. A problem met
+    while reading is kept and raised when its table is asked for, after replay, just where
+    reading the table would have raised it.
+    """
+
+    def __init__(self, store: ChainStore) -> None:
+        self._store = store
+        self._todo = [spec.name for spec in TABLES]
+        self._tables: dict[str, dict[str, dict[str, Any]]] = {}
+        self._rows: Iterator[tuple[str, dict[str, Any]]] | None = None
+        self._error: Exception | None = None
+
+    def step(self) -> bool:
+        """Read a few hundred rows; False once every table is read (or reading failed)."""
+        if self._error is not None or not self._todo:
+            return False
+        name = self._todo[0]
+        try:
+            if self._rows is None:
+                self._rows = self._store.state_rows(name)
+                self._tables[name] = {}
+            rows = list(itertools.islice(self._rows, STATE_ROWS_STEP))
+            self._tables[name].update(rows)
+            if len(rows) < STATE_ROWS_STEP:
+                self._todo.pop(0)
+                self._rows = None
+        except Exception as exc:  # raised again by table(), where it belongs
+            self._error = exc
+            return False
+        return True
+
+    def table(self, name: str) -> dict[str, dict[str, Any]]:
+        """Every stored row of a table, by key."""
+        while name in self._todo and self.step():
+            pass
+        if name in self._todo:  # reading failed before this table was complete
+            assert self._error is not None
+            raise self._error
+        return self._tables[name]
+
+
+def _compare_state(stored_state: _StoredState, state: MemoryState, report: VerifyReport) -> None:
+    for spec in TABLES:
+        stored = stored_state.table(spec.name)
+        mine = state.tables[spec.name]
+        # The common case, everything equal, is settled by comparing whole tables; any
+        # difference is then looked up key by key, in order, to name the first one.
+        if stored != mine:
+            _name_state_difference(spec.name, spec.column_names(), stored, mine)
         report.state_rows += len(mine)
         report.counts[spec.name] = len(mine)
 
 
+def _name_state_difference(
+    table: str,
+    columns: tuple[str, ...],
+    stored: dict[str, dict[str, Any]],
+    mine: dict[str, dict[str, Any]],
+) -> None:
+    """Raise for the first key (in key order) whose row differs, naming the column."""
+    for key in sorted(set(stored) | set(mine)):
+        if key not in stored:
+            raise VerifyFailure(f"state {table} row {key}: missing from the store")
+        if key not in mine:
+            raise VerifyFailure(f"state {table} row {key}: in the store but not in any block")
+        for column in columns:
+            if stored[key][column] != mine[key][column]:
+                raise VerifyFailure(
+                    f"state {table} row {key}: column {column} differs from the blocks"
+                )
+    # Rows that differ only outside the table's columns are equal as far as state goes.
+
+
+# A blob's verdict: absent, present and matching its digest, or present and not matching.
+_ABSENT, _SOUND, _CORRUPT = 0, 1, 2
+BLOB_READERS = 4
+
+
+def _blob_verdicts(blobs: BlobStore, digests: list[str]) -> list[int]:
+    """Read and hash each blob once, on a few threads (reading and hashing release the GIL)."""
+
+    def verdicts(chunk: list[str]) -> list[int]:
+        out: list[int] = []
+        for digest in chunk:
+            data = blobs.get(digest)
+            if data is None:
+                out.append(_ABSENT)
+            else:
+                out.append(_SOUND if hashlib.sha256(data).hexdigest() == digest else _CORRUPT)
+        return out
+
+    if len(digests) < 2 * BLOB_READERS:
+        return verdicts(digests)
+    size = -(-len(digests) // BLOB_READERS)
+    chunks = [digests[i : i + size] for i in range(0, len(digests), size)]
+    with ThreadPoolExecutor(BLOB_READERS, thread_name_prefix="rekam-verify-blobs") as pool:
+        return [v for part in pool.map(verdicts, chunks) for v in part]
+
+
 def _check_blobs(blobs: BlobStore, state: MemoryState, report: VerifyReport) -> None:
     records = state.tables["record"]
-    for key, version in sorted(state.tables["record_version"].items()):
-        data = blobs.get(version["content_hash"])
+    versions = sorted(state.tables["record_version"].items())
+    # Versions may share content; each distinct blob is read and hashed once.
+    digests = sorted({version["content_hash"] for _, version in versions})
+    verdict = dict(zip(digests, _blob_verdicts(blobs, digests), strict=True))
+    for key, version in versions:
+        found = verdict[version["content_hash"]]
         if records[version["record"]]["erased"]:
-            if data is not None:
+            if found != _ABSENT:
                 raise VerifyFailure(f"blob of {key}: the record was erased but its content remains")
             report.erased += 1
             continue
-        if data is None:
+        if found == _ABSENT:
             raise VerifyFailure(f"blob of {key}: missing")
-        if hashlib.sha256(data).hexdigest() != version["content_hash"]:
+        if found == _CORRUPT:
             raise VerifyFailure(f"blob of {key}: content does not match its on-chain hash")
         report.blobs += 1
 
@@ -237,6 +500,26 @@ def _check_checkpoints(store: ChainStore, report: VerifyReport) -> None:
         report.checkpoints += 1
 
 
+@contextmanager
+def _collections_paused() -> Iterator[None]:
+    """No automatic garbage collection while replaying a chain.
+
+    Replay keeps the whole state, and the stored state beside it, alive to the end: millions
+    of objects on a long chain, which every automatic collection traverses again, for a sixth
+    of the time on a chain of 10,000 transactions. Nearly all of it is free of reference
+    cycles and freed by reference counting; what cycles there are wait for the collections
+    after it. Collections already switched off stay off.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def verify_chain(
     store: ChainStore,
     genesis: Genesis,
@@ -246,14 +529,16 @@ def verify_chain(
     """Check everything derivable from the blocks; the report names the first problem."""
     started = time.perf_counter()
     report = VerifyReport(network=genesis.network_id)
-    try:
-        state, head = replay_store(store, genesis, report, progress)
-        report.height, report.head = head.height, head.hash
-        _compare_state(store, state, report)
-        _check_blobs(blobs, state, report)
-        _check_checkpoints(store, report)
-    except VerifyFailure as failure:
-        report.problem = str(failure)
+    with _collections_paused():
+        try:
+            stored_state = _StoredState(store)
+            state, head = replay_store(store, genesis, report, progress, idle=stored_state.step)
+            report.height, report.head = head.height, head.hash
+            _compare_state(stored_state, state, report)
+            _check_blobs(blobs, state, report)
+            _check_checkpoints(store, report)
+        except VerifyFailure as failure:
+            report.problem = str(failure)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -262,7 +547,8 @@ def rebuild_state(store: ChainStore, genesis: Genesis) -> VerifyReport:
     """Recompute every state table from the blocks and replace the stored tables with it."""
     started = time.perf_counter()
     report = VerifyReport()
-    state, head = replay_store(store, genesis, report, compare_results=False)
+    with _collections_paused():
+        state, head = replay_store(store, genesis, report, compare_results=False)
     store.replace_state(state)
     report.height, report.head = head.height, head.hash
     report.state_rows = sum(len(t) for t in state.tables.values())

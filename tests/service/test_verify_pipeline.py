@@ -1,0 +1,370 @@
+"""verify_chain's pipeline: worker processes, their fallback, and the state read while waiting.
+
+Replay decodes and signature-checks batches of blocks ahead of applying them, in forked worker
+processes when the chain is longer than one batch. Whatever does the preparing, replay must
+see exactly what ``decode_all`` and ``check_signatures`` give for each block; a verification
+must report the same with and without workers, and name the same first problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rekam.blobs import DirectoryBlobStore
+from rekam.crypto import Ed25519Signer
+from rekam.encoding import b64e, canonical, parse
+from rekam.ledger.block import Block, Genesis, cut_block
+from rekam.ledger.state import TABLES
+from rekam.ledger.tx import Transaction, make_tx, new_id, sign_tx, unsigned_tx
+from rekam.ledger.validate import check_signatures, decode_all
+from rekam.service import verify
+from rekam.service.datadir import DataDir
+from rekam.service.demo import run_demo
+from rekam.service.verify import VerifyReport, verify_chain
+from rekam.service.workspace import Workspace
+from rekam.storage import open_store
+
+NETWORK = "ab" * 32
+
+
+def _signer(n: int) -> Ed25519Signer:
+    return Ed25519Signer(bytes([n]) * 32)
+
+
+def _record_write(n: int, signer_id: str, signer: Ed25519Signer) -> Transaction:
+    body = {
+        "record": new_id("record"),
+        "version": 1,
+        "patient": new_id("patient"),
+        "resource_type": "Observation",
+        "content_hash": f"{n:064x}",
+        "content_size": 1,
+        "basis": "author",
+        "basis_ref": None,
+    }
+    return make_tx(NETWORK, "record.write", signer_id, signer, body, 1000 + n)
+
+
+def _forged(tx: Transaction) -> bytes:
+    """The same transaction with a well-formed signature that does not verify."""
+    envelope = parse(tx.raw)
+    envelope["sigs"][0]["sig"] = b64e(bytes(64))
+    return canonical(envelope)
+
+
+def _cosigned() -> Transaction:
+    tx = unsigned_tx(
+        NETWORK,
+        "org.enrol",
+        "clinic-a",
+        {
+            "org": "lab-new",
+            "kind": "lab",
+            "sign_key": b64e(_signer(9).public_key),
+            "enc_key": b64e(bytes(33)),
+        },
+        5,
+    )
+    return sign_tx(tx, [("clinic-a", _signer(1)), ("clinic-b", _signer(2)), ("lab-c", _signer(3))])
+
+
+def _blocks() -> list[Block]:
+    """Blocks of different sizes, mixing valid, forged, malformed and co-signed transactions."""
+    member = new_id("member")
+    raws: list[bytes] = []
+    for n in range(40):
+        tx = _record_write(n, member, _signer(4))
+        raws.append(_forged(tx) if n % 7 == 3 else tx.raw)
+        if n % 11 == 5:
+            raws.append(b'{"not": "a transaction"}')
+        if n % 13 == 2:
+            raws.append(_cosigned().raw)
+    sizes = [1, 5, 2, 9, 1, 1, 7, 3, 12, 4]
+    blocks, start, height = [], 0, 1
+    while start < len(raws):
+        size = sizes[height % len(sizes)]
+        chunk = raws[start : start + size]
+        blocks.append(cut_block(NETWORK, height, "00" * 32, 1, chunk, "clinic-a", _signer(1)))
+        start += size
+        height += 1
+    return blocks
+
+
+class _Store:
+    """Just enough of a ChainStore for _Preparation: the blocks from a height on."""
+
+    def __init__(self, blocks: list[Block]) -> None:
+        self.blocks = blocks
+
+    def iter_blocks(self, start: int = 0, end: int | None = None) -> Iterator[Block]:
+        return iter([b for b in self.blocks if b.height >= start])
+
+
+def _expected(blocks: list[Block]) -> list[tuple[int, list[Transaction | None], list[Any]]]:
+    out = []
+    for block in blocks:
+        decoded = decode_all(block.txs)
+        out.append((block.height, decoded, check_signatures(decoded)))
+    return out
+
+
+def _prepared(blocks: list[Block], idle: Any = None) -> list[tuple[int, list[Any], list[Any]]]:
+    with verify._Preparation(_Store(blocks), 1, idle) as prepared:  # type: ignore[arg-type]
+        return [(block.height, txs, ok) for block, txs, ok in prepared]
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(verify, "BATCH_BLOCKS", 3)
+    monkeypatch.setattr(verify, "BATCH_TXS", 6)
+
+
+@pytest.fixture
+def pools(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Two forked workers even on a one-core machine; records each pool's worker count."""
+    started: list[int] = []
+    real = verify._worker_pool
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+
+    def two_workers() -> tuple[ProcessPoolExecutor, int] | None:
+        pool = real()
+        if pool is not None:
+            started.append(pool[1])
+        return pool
+
+    monkeypatch.setattr(verify, "_worker_pool", two_workers)
+    return started
+
+
+def test_mixed_blocks_are_what_decode_all_and_check_signatures_give(
+    small_batches: None, pools: list[int]
+) -> None:
+    blocks = _blocks()
+    expected = _expected(blocks)
+    assert any(tx is None for _, txs, _ in expected for tx in txs)
+    assert any(not all(ok) for _, _, oks in expected for ok in oks if ok)
+    assert any(len(ok) == 3 for _, _, oks in expected for ok in oks)
+    assert _prepared(blocks) == expected
+    if sys.platform.startswith("linux"):
+        assert pools == [2]
+
+
+def test_one_batch_needs_no_workers(pools: list[int]) -> None:
+    blocks = _blocks()[:3]
+    assert _prepared(blocks) == _expected(blocks)
+    assert pools == []
+
+
+def test_idle_work_runs_while_waiting_and_stops_when_done(
+    small_batches: None, pools: list[int]
+) -> None:
+    calls = []
+
+    def idle() -> bool:
+        calls.append(1)
+        return len(calls) < 5
+
+    blocks = _blocks()
+    assert _prepared(blocks, idle) == _expected(blocks)
+    assert len(calls) <= 5
+
+
+class _BrokenAtSubmit:
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        raise BrokenProcessPool("a worker died")
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+class _BrokenAtResult(_BrokenAtSubmit):
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_exception(BrokenProcessPool("a worker died"))
+        return future
+
+
+@pytest.mark.parametrize("pool", [_BrokenAtSubmit, _BrokenAtResult])
+def test_failing_workers_leave_the_work_to_this_process(
+    small_batches: None, monkeypatch: pytest.MonkeyPatch, pool: type[_BrokenAtSubmit]
+) -> None:
+    monkeypatch.setattr(verify, "_worker_pool", lambda: (pool(), 2))
+    blocks = _blocks()
+    assert _prepared(blocks) == _expected(blocks)
+
+
+# --- the stored state, read while waiting ------------------------------------------------------
+
+
+class _StateStore:
+    def __init__(self, tables: dict[str, int], failing: str | None = None) -> None:
+        self.tables = tables
+        self.failing = failing
+        self.reads: list[str] = []
+
+    def state_rows(self, table: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        self.reads.append(table)
+        for i in range(self.tables.get(table, 0)):
+            if table == self.failing and i == 300:
+                raise RuntimeError(f"cannot read {table}")
+            yield f"{table}-{i:05d}", {"n": i}
+
+
+def test_stored_state_reads_in_pieces() -> None:
+    names = [spec.name for spec in TABLES]
+    store = _StateStore({names[0]: 600, names[1]: 250, names[2]: 0})
+    stored = verify._StoredState(store)  # type: ignore[arg-type]
+    assert stored.step()  # 250 rows of the first table, no more
+    assert store.reads == [names[0]]
+    steps = 1
+    while stored.step():
+        steps += 1
+    assert steps < 4 + len(names)
+    assert len(stored.table(names[0])) == 600
+    assert len(stored.table(names[1])) == 250
+    assert stored.table(names[2]) == {}
+    assert not stored.step()
+
+
+def test_stored_state_error_is_raised_where_its_table_is_asked_for() -> None:
+    names = [spec.name for spec in TABLES]
+    store = _StateStore({names[0]: 10, names[1]: 1000}, failing=names[1])
+    stored = verify._StoredState(store)  # type: ignore[arg-type]
+    while stored.step():
+        pass
+    assert len(stored.table(names[0])) == 10  # tables before it are whole
+    with pytest.raises(RuntimeError, match=f"cannot read {names[1]}"):
+        stored.table(names[1])
+    with pytest.raises(RuntimeError):
+        stored.table(names[2])
+
+
+# --- whole chains ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo network plus blocks of several transactions, one of them with a forged
+    signature (committed as invalid and unauthenticated) and shared blob content."""
+    folder = tmp_path_factory.mktemp("pipeline") / "demo"
+    result = run_demo(folder, kdf="fast")
+    assert result.report is not None and result.report.ok
+    creds = json.loads((folder / "demo-credentials.json").read_text("utf-8"))
+    with Workspace.open(folder) as ws:
+        info = creds["members"]["dokter-melati"]
+        doctor = ws.actor(info["id"], info["passphrase"])
+        patient = creds["patients"][0]["id"]
+        shared = ws.node.blobs.put(os.urandom(300))
+        for round_ in range(3):
+            txs = []
+            for n in range(6):
+                body = {
+                    "record": new_id("record"),
+                    "version": 1,
+                    "patient": patient,
+                    "resource_type": "Observation",
+                    "content_hash": shared if n % 2 else ws.node.blobs.put(os.urandom(200)),
+                    "content_size": 200,
+                    "basis": "organisation",
+                    "basis_ref": None,
+                }
+                tx = make_tx(
+                    ws.node.network_id,
+                    "record.write",
+                    doctor.id,
+                    doctor.identity.signer,
+                    body,
+                    ws.node.clock(),
+                )
+                txs.append(Transaction.decode(_forged(tx)) if (round_, n) == (1, 4) else tx)
+            results = [f.result(30) for f in ws.node.submit_many(txs)]
+            assert [r.code for r in results].count("ok") == (5 if round_ == 1 else 6)
+    return folder
+
+
+def _verify(folder: Path) -> VerifyReport:
+    datadir = DataDir(folder)
+    genesis = Genesis.from_bytes(datadir.genesis_path.read_bytes())
+    store = open_store(datadir.store_url())
+    try:
+        return verify_chain(store, genesis, DirectoryBlobStore(datadir.blob_dir))
+    finally:
+        store.close()
+
+
+def _summary(report: VerifyReport) -> dict[str, Any]:
+    fields = asdict(report)
+    del fields["seconds"]
+    return fields
+
+
+def _without_workers(folder: Path, monkeypatch: pytest.MonkeyPatch) -> VerifyReport:
+    with monkeypatch.context() as patch:
+        patch.setattr(verify, "_worker_pool", lambda: None)
+        return _verify(folder)
+
+
+def _with_workers(folder: Path, monkeypatch: pytest.MonkeyPatch, pools: list[int]) -> VerifyReport:
+    with monkeypatch.context() as patch:
+        patch.setattr(verify, "BATCH_BLOCKS", 2)
+        patch.setattr(verify, "BATCH_TXS", 3)
+        started = len(pools)
+        report = _verify(folder)
+    if sys.platform.startswith("linux"):
+        assert len(pools) == started + 1
+    return report
+
+
+def test_workers_give_the_same_report(
+    chain: Path, pools: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone = _without_workers(chain, monkeypatch)
+    assert alone.ok, alone.problem
+    assert alone.invalid_txs >= 1
+    assert _summary(_with_workers(chain, monkeypatch, pools)) == _summary(alone)
+    assert _summary(_verify(chain)) == _summary(alone)  # the defaults
+
+
+def _sql(folder: Path, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    with closing(sqlite3.connect(folder / "chain.db")) as db, db:
+        return db.execute(statement, params).fetchall()
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["authenticated", "code", "state", "blob", "index"],
+)
+def test_workers_name_the_same_problem(
+    chain: Path, tmp_path: Path, pools: list[int], monkeypatch: pytest.MonkeyPatch, tamper: str
+) -> None:
+    node = tmp_path / "node"
+    shutil.copytree(chain, node)
+    height, idx = _sql(node, "SELECT height, idx FROM txs WHERE authenticated = 0 LIMIT 1")[0]
+    if tamper == "authenticated":
+        _sql(node, "UPDATE txs SET authenticated = 1 WHERE height = ? AND idx = ?", (height, idx))
+    elif tamper == "code":
+        _sql(node, "UPDATE txs SET code = 'ok' WHERE height = ? AND idx = ?", (height, idx))
+    elif tamper == "state":
+        key = _sql(node, "SELECT key FROM state_record ORDER BY key DESC LIMIT 1")[0][0]
+        _sql(node, "UPDATE state_record SET version = 9 WHERE key = ?", (key,))
+    elif tamper == "blob":
+        digest = _sql(node, "SELECT content_hash FROM state_record_version LIMIT 1")[0][0]
+        DirectoryBlobStore(node / "blobs").path_of(digest).unlink()
+    else:
+        _sql(node, "UPDATE blocks SET time = time + 1 WHERE height = ?", (height,))
+    alone = _without_workers(node, monkeypatch)
+    assert not alone.ok
+    assert _with_workers(node, monkeypatch, pools).problem == alone.problem
