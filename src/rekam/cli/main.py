@@ -79,6 +79,19 @@ def _workspace(data_dir: Path) -> Iterator[Workspace]:
         ws.close()
 
 
+def _progress_bar(label: str, target: Console, disable: bool = False) -> Progress:
+    """The bar long commands show while they work (transient: gone when done)."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=target,
+        transient=True,
+        disable=disable,
+    )
+
+
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -144,14 +157,7 @@ def demo(
 
     if data_dir.exists() and any(data_dir.iterdir()):
         raise _fail(f"{data_dir} is not empty; pass a new --data-dir or remove it")
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with _progress_bar("{task.description}", console) as progress:
         task = progress.add_task("demo", total=total_steps(patients))
 
         def step(message: str) -> None:
@@ -213,14 +219,8 @@ def verify(data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
 
     with (
         _workspace(data_dir) as ws,
-        Progress(
-            TextColumn("verifying blocks"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-            disable=as_json or ws.node.head.height < 200,
+        _progress_bar(
+            "verifying blocks", err, disable=as_json or ws.node.head.height < 200
         ) as progress,
     ):
         task = progress.add_task("verify", total=ws.node.head.height)

@@ -85,17 +85,17 @@ class RecordService:
 
     # -- helpers --------------------------------------------------------------------------
 
+    def _known(self, table: str, key: str) -> Row:
+        """A patient or record row; NotFoundError for an unknown or malformed id."""
+        if id_kind(key) != table:
+            raise NotFoundError(f"unknown {table}")
+        return require(self._store, table, key)
+
     def _patient(self, patient_id: str) -> Row:
-        row = self._store.get("patient", patient_id) if id_kind(patient_id) == "patient" else None
-        if row is None:
-            raise NotFoundError("unknown patient")
-        return row
+        return self._known("patient", patient_id)
 
     def _record(self, record_id: str) -> Row:
-        row = self._store.get("record", record_id) if id_kind(record_id) == "record" else None
-        if row is None:
-            raise NotFoundError("unknown record")
-        return row
+        return self._known("record", record_id)
 
     def _candidates(self, accessor: str, patient_id: str) -> tuple[list[str], list[str]]:
         """Consents and emergency accesses of this patient that might cover this accessor."""
