@@ -8,7 +8,7 @@ row by row. Rows hold only str, int, bool, None and lists of str.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -202,6 +202,36 @@ class Overlay:
     def tx_seen(self, tx_id: str) -> bool:
         """Seen in this block already, or in the chain below it."""
         return tx_id in self.delta.tx_ids or self.base.tx_seen(tx_id)
+
+
+class Stacked:
+    """A reader that sees a base state with several blocks' writes on top, newest last.
+
+    A node validates block n+1 while block n is still being stored: the validator reads
+    through the deltas of the blocks it validated but the store does not hold yet. A delta
+    may stay on the stack after its block is stored (it then repeats what the base says).
+    """
+
+    def __init__(self, base: StateReader, deltas: Sequence[Delta]) -> None:
+        self.base = base
+        self.deltas = tuple(reversed(deltas))  # newest first: the latest write wins
+
+    def get(self, table: str, key: str) -> Row | None:
+        """The newest pending row for the key, else the base row."""
+        for delta in self.deltas:
+            row = delta.tables[table].get(key)
+            if row is not None:
+                return row
+        return self.base.get(table, key)
+
+    def tx_seen(self, tx_id: str) -> bool:
+        """Taken by a pending block, or in the chain below them."""
+        return any(tx_id in d.tx_ids for d in self.deltas) or self.base.tx_seen(tx_id)
+
+    def prefetch(self, wanted: Mapping[str, Iterable[str]], tx_ids: Iterable[str]) -> None:
+        """Pass the warm-up on to the base (pending rows need none)."""
+        if isinstance(self.base, Prefetching):
+            self.base.prefetch(wanted, tx_ids)
 
 
 class MemoryState:

@@ -12,11 +12,13 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from rekam.crypto import Signer
 from rekam.ledger.block import Block, Genesis, cut_block
+from rekam.ledger.state import Delta, Stacked
 from rekam.ledger.tx import Transaction
 from rekam.ledger.validate import (
     BlockResult,
@@ -64,15 +66,25 @@ class Node:
         self.store = store
         self.blobs = blobs
         self.clock = clock
-        # The commit lock serialises block commits (and the store they write); the waiter
-        # lock only guards the table of futures, so submitting never waits for a commit.
-        self._commit_lock = threading.RLock()
+        # The waiter lock only guards the table of futures, so submitting never waits for a
+        # commit.
         self._waiters_lock = threading.Lock()
         self._attachments: dict[str, list[WrappedKey]] = {}
         self._cut_lock = threading.Lock()
-        self._commit_queue: queue.Queue[tuple[Block, Future[Prepared]] | None] = queue.Queue()
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="rekam-prepare")
-        self._committer: threading.Thread | None = None
+        self._validate_queue: queue.Queue[
+            tuple[Block, Future[Prepared], Future[BlockResult]] | None
+        ] = queue.Queue()
+        self._store_queue: queue.Queue[tuple[Block, BlockResult, Future[BlockResult]] | None] = (
+            queue.Queue()
+        )
+        # Writes of blocks validated but not stored yet, oldest first, by height; the epoch
+        # changes when the store refuses a block, so the validator starts again from it.
+        self._pending_lock = threading.Lock()
+        self._pending: deque[tuple[int, Delta]] = deque()
+        self._epoch = 0
+        self._pipeline_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
         self._waiters: dict[str, list[Future[TxResult]]] = {}
         self._listeners: list[BlockListener] = []
         self._orderer: Orderer | None = None
@@ -90,11 +102,7 @@ class Node:
 
     def attach_orderer(self, orderer: Orderer, orderer_id: str, signer: Signer) -> None:
         """Use an orderer; blocks this node cuts are signed by ``orderer_id``'s signer."""
-        if self._committer is None:
-            self._committer = threading.Thread(
-                target=self._commit_loop, name="rekam-commit", daemon=True
-            )
-            self._committer.start()
+        self._start_pipeline()
         self._orderer = orderer
         self._orderer_id = orderer_id
         self._orderer_signer = signer
@@ -152,11 +160,13 @@ class Node:
 
     # -- committing -----------------------------------------------------------------------
     #
-    # Blocks flow through three stages, as in Fabric: the orderer thread cuts and chains
+    # Blocks flow through four stages, as in Fabric: the orderer thread cuts and chains
     # blocks (``cut``); a prepare thread decodes them and checks their signatures in the
-    # crypto pool (``deliver``); the commit thread validates each block against state and
-    # stores it, in order (``_commit_loop``). Signature checks of block n+1 thus overlap the
-    # rules and the database work of block n. Every check still runs on every block.
+    # crypto pool (``deliver``); the validate thread applies the rules to each block in order
+    # (``_validate_loop``); the store thread writes each validated block atomically and only
+    # then answers its waiters (``_store_loop``). Block n+1 is validated while block n is
+    # being written: the validator reads state through the writes of the blocks it validated
+    # that the store does not hold yet (``Stacked``). Every check still runs on every block.
 
     def cut(self, txs: list[Transaction]) -> None:
         """Build and sign a block of ordered transactions and hand it on (the orderer's hook)."""
@@ -191,54 +201,117 @@ class Node:
             self._cut_head = ChainHead(block.height, block.hash, block.time)
         self.deliver(block, batch)
 
-    def deliver(self, block: Block, txs: list[Transaction] | None = None) -> None:
-        """Queue an ordered block: signatures are checked now, rules when its turn comes."""
+    def deliver(self, block: Block, txs: list[Transaction] | None = None) -> Future[BlockResult]:
+        """Queue an ordered block: signatures are checked now, rules when its turn comes.
+
+        The future resolves with the block's result once it is stored, or with the error
+        that kept it out of the chain.
+        """
+        self._start_pipeline()
+        done: Future[BlockResult] = Future()
         prepared = self._prepare_pool.submit(self._prepare, block, txs)
-        self._commit_queue.put((block, prepared))
+        self._validate_queue.put((block, prepared, done))
+        return done
+
+    def commit(
+        self, block: Block, txs: list[Transaction] | None = None, timeout: float | None = None
+    ) -> BlockResult:
+        """Validate a block against the current state and store it; wait for the outcome."""
+        return self.deliver(block, txs).result(timeout)
 
     @staticmethod
     def _prepare(block: Block, txs: list[Transaction] | None) -> Prepared:
         decoded: list[Transaction | None] = decode_all(block.txs) if txs is None else list(txs)
         return decoded, check_signatures(decoded)
 
-    def _commit_loop(self) -> None:
-        while True:
-            item = self._commit_queue.get()
-            if item is None:
+    def _start_pipeline(self) -> None:
+        with self._pipeline_lock:
+            if self._threads:
                 return
-            block, prepared = item
+            for target, name in (
+                (self._validate_loop, "rekam-validate"),
+                (self._store_loop, "rekam-store"),
+            ):
+                thread = threading.Thread(target=target, name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def _validate_loop(self) -> None:
+        head = self._head
+        orgs: set[str] = set()
+        epoch = -1
+        while True:
+            item = self._validate_queue.get()
+            if item is None:
+                self._store_queue.put(None)
+                return
+            block, prepared, done = item
+            with self._pending_lock:
+                if epoch != self._epoch:
+                    # First block, or the store refused one: start again from the store.
+                    epoch, head = self._epoch, self._head
+                    orgs = {key for key, _ in self.store.state_rows("org")}
+                pending = list(self._pending)
             try:
                 decoded, sig_ok = prepared.result()
-                self.commit(block, decoded, sig_ok)
-            except Exception:
-                # commit() failed this block's waiters. Later blocks were chained on it and
-                # will fail their link check; the orderer restarts from the committed head.
+                result = apply_block(
+                    Stacked(self.store, [delta for _, delta in pending]),
+                    self.genesis,
+                    head,
+                    block,
+                    sorted(orgs),
+                    txs=decoded,
+                    sig_ok=sig_ok,
+                )
+            except Exception as exc:
+                log.warning("block %d was refused: %s", block.height, type(exc).__name__)
+                self._fail(block, exc)
+                done.set_exception(exc)
+                with self._cut_lock:
+                    self._cut_head = head
+                continue
+            with self._pending_lock:
+                if epoch == self._epoch:
+                    self._pending.append((block.height, result.delta))
+            head = ChainHead(block.height, block.hash, block.time)
+            orgs.update(result.delta.tables["org"])
+            self._store_queue.put((block, result, done))
+
+    def _store_loop(self) -> None:
+        while True:
+            item = self._store_queue.get()
+            if item is None:
+                return
+            block, result, done = item
+            try:
+                self._store(block, result)
+            except Exception as exc:
+                # Later blocks were chained on this one: they fail their head check in the
+                # store, and the validator and the orderer restart from the stored head.
                 log.exception("block %d was not committed", block.height)
+                with self._pending_lock:
+                    self._pending.clear()
+                    self._epoch += 1
                 with self._cut_lock:
                     self._cut_head = self._head
+                done.set_exception(exc)
+            else:
+                done.set_result(result)
 
-    def commit(
-        self,
-        block: Block,
-        txs: list[Transaction | None] | None = None,
-        sig_ok: list[tuple[bool, ...]] | None = None,
-    ) -> BlockResult:
-        """Validate a block against the current state and store it atomically."""
+    def _store(self, block: Block, result: BlockResult) -> None:
         try:
-            with self._commit_lock:
-                orgs = [key for key, _ in self.store.state_rows("org")]
-                result = apply_block(
-                    self.store, self.genesis, self._head, block, orgs, txs=txs, sig_ok=sig_ok
-                )
-                with self._waiters_lock:
-                    keys = [
-                        key
-                        for r in result.results
-                        if r.valid
-                        for key in self._attachments.get(r.tx_id, ())
-                    ]
-                self.store.append_block(block, result.results, result.delta, keys)
-                self._head = ChainHead(block.height, block.hash, block.time)
+            with self._waiters_lock:
+                keys = [
+                    key
+                    for r in result.results
+                    if r.valid
+                    for key in self._attachments.get(r.tx_id, ())
+                ]
+            self.store.append_block(block, result.results, result.delta, keys)
+            self._head = ChainHead(block.height, block.hash, block.time)
+            with self._pending_lock:
+                if self._pending and self._pending[0][0] == block.height:
+                    self._pending.popleft()
         except Exception as exc:
             self._fail(block, exc)
             raise
@@ -250,7 +323,6 @@ class Node:
             except Exception:
                 log.exception("block listener failed at height %d", block.height)
         self._resolve(result)
-        return result
 
     def _resolve(self, result: BlockResult) -> None:
         for tx_result in result.results:
@@ -284,9 +356,11 @@ class Node:
         if self._orderer is not None:
             self._orderer.close()
             self._orderer = None
-        if self._committer is not None:
-            self._commit_queue.put(None)
-            self._committer.join()
-            self._committer = None
+        with self._pipeline_lock:
+            if self._threads:
+                self._validate_queue.put(None)
+                for thread in self._threads:
+                    thread.join()
+                self._threads = []
         self._prepare_pool.shutdown()
         self.store.close()
