@@ -41,6 +41,7 @@ COMMANDS = [
     ["member", "enrol"],
     ["member", "revoke"],
     ["patient", "register"],
+    ["keys", "rotate"],
 ]
 
 
@@ -116,6 +117,33 @@ def test_receipt_export_and_offline_verify(demo_dir: Path, tmp_path: Path) -> No
     receipt.write_text(json.dumps(doc))
     bad = rekam("receipt", "verify", str(receipt), "--keys", str(keys), check=False)
     assert bad.returncode == 1 and "does NOT verify" in bad.stderr
+
+
+def test_key_rotation_keeps_records_readable(demo_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "rotate"
+    shutil.copytree(demo_dir, folder)
+    condition = json.loads((folder / "demo-credentials.json").read_text())["records"]["condition"]
+    env_var = "REKAM_TEST_NEW_PASSPHRASE"
+    ENV[env_var] = "a brand new passphrase"
+    try:
+        out = rekam(
+            "keys",
+            "rotate",
+            "-d",
+            str(folder),
+            "--as",
+            "patient-1",
+            "--new-passphrase-env",
+            env_var,
+        )
+    finally:
+        del ENV[env_var]
+    assert "rotated in tx" in out.stdout
+    creds = json.loads((folder / "demo-credentials.json").read_text())
+    assert creds["patients"][0]["passphrase"] == "a brand new passphrase"
+    own = rekam("record", "read", "-d", str(folder), "--as", "patient-1", condition)
+    assert "basis: own" in own.stderr
+    assert rekam("verify", "-d", str(folder)).stdout.startswith("OK")
 
 
 def test_act_as_members_and_patients(demo_dir: Path, tmp_path: Path) -> None:

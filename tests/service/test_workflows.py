@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from rekam.crypto import DecryptionError
+from rekam.encoding import b64e
 from rekam.records import synthetic
 from rekam.service.errors import (
     AccessDenied,
@@ -119,6 +121,27 @@ def test_consent_then_revoke(net: Net) -> None:
     assert store.get_wrapped_key(written.record, 1, net.doctor_b.id) is None
     with pytest.raises(AccessDenied):
         net.ws.records.read(net.doctor_b, written.record)
+
+
+def test_key_rotation_rewraps_content_keys(net: Net) -> None:
+    store = net.ws.node.store
+    written = net.ws.records.write(net.doctor_a, _condition(net), patient=net.patient.id)
+    old = net.patient.identity
+    result = net.ws.admin.rotate_keys(net.patient, "pw-patient-2")
+    assert result.valid
+    rotated = net.ws.actor(net.patient.id, "pw-patient-2")
+    assert rotated.identity.enc_public != old.enc_public
+    assert store.get("patient", net.patient.id)["enc_key"] == b64e(rotated.identity.enc_public)
+    # The patient's own wrapped key now opens with the new key only: no custodian needed.
+    assert net.ws.records.unwrap_as(rotated, written.record, 1, net.patient.id) is not None
+    assert net.ws.records.unwrap_as(net.patient, written.record, 1, net.patient.id) is None
+    assert net.ws.records.read(rotated, written.record).basis.kind == "own"
+    # The old keystore is kept, and the old passphrase no longer opens the current one.
+    retired = list(net.ws.datadir.keystore_path(net.patient.id).parent.glob("*.retired-*.json"))
+    assert len(retired) == 1
+    with pytest.raises(DecryptionError):
+        net.ws.actor(net.patient.id, "pw-patient")
+    assert verify_chain(store, net.ws.genesis, net.ws.node.blobs).ok
 
 
 def test_invalid_fhir_writes_nothing(net: Net) -> None:

@@ -326,3 +326,38 @@ def patient_register(
         resource = json.loads(demographics.read_bytes()) if demographics is not None else None
         registered, _ = ws.admin.register_patient(actor, secret, demographics=resource)
     console.print(f"patient {registered.id} registered in tx {registered.tx_id}")
+
+
+def keys_rotate(
+    data_dir: Annotated[Path, typer.Option("--data-dir", "-d")],
+    who: AsOpt,
+    passphrase_env: PassEnv = None,
+    new_passphrase_env: Annotated[
+        str | None, typer.Option(help="Environment variable with the passphrase for the new keys.")
+    ] = None,
+) -> None:
+    """Give a member or patient new keys; content keys held here are re-wrapped to them."""
+    from rekam.cli.main import _workspace, console
+
+    with _workspace(data_dir) as ws:
+        actor = resolve_actor(ws, who, passphrase_env)
+        secret = os.environ.get(new_passphrase_env or "") or str(
+            typer.prompt("passphrase for the new keys", hide_input=True, confirmation_prompt=True)
+        )
+        result = ws.admin.rotate_keys(actor, secret)
+        _update_demo_passphrase(ws.datadir.root, actor.id, secret)
+    console.print(f"keys of {actor.id} rotated in tx {result.tx_id}")
+
+
+def _update_demo_passphrase(root: Path, principal: str, passphrase: str) -> None:
+    """Keep a demo folder's credentials file usable after a rotation (it names passphrases)."""
+    creds = _demo_credentials(root)
+    entries = [*creds.get("members", {}).values(), *creds.get("patients", [])]
+    changed = False
+    for entry in entries:
+        if entry.get("id") == principal:
+            entry["passphrase"] = passphrase
+            changed = True
+    if changed:
+        path = root / "demo-credentials.json"
+        path.write_text(json.dumps(creds, indent=2) + "\n", "utf-8")

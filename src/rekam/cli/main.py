@@ -32,19 +32,22 @@ receipt_app = typer.Typer(help="Export a record's or transaction's receipt, or v
 bench_app = typer.Typer(
     help="Measure throughput beside baselines from the same run (JSON with --json)."
 )
-keys_app = typer.Typer(help="Export the network's public keys for offline verification.")
+keys_app = typer.Typer(
+    help="Export the network's public keys; rotate a member's or patient's keys."
+)
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
 
 
 def _register_actions() -> None:
-    from rekam.cli.actions import consent_app, member_app, patient_app, record_app
+    from rekam.cli.actions import consent_app, keys_rotate, member_app, patient_app, record_app
 
     app.add_typer(record_app, name="record")
     app.add_typer(consent_app, name="consent")
     app.add_typer(member_app, name="member")
     app.add_typer(patient_app, name="patient")
+    keys_app.command("rotate")(keys_rotate)
 
 
 console = Console()

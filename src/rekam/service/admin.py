@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rekam.crypto import DecryptionError, wrap_key
 from rekam.encoding import b64e
 from rekam.ledger.tx import ROLES, id_kind, new_id
 from rekam.ledger.validate import TxResult
 from rekam.service.errors import InvalidContentError, NotFoundError, RejectedError
-from rekam.service.records import WriteResult
+from rekam.service.records import DEK_INFO, WriteResult, binding
 
 if TYPE_CHECKING:
     from rekam.service.workspace import Actor, Workspace
@@ -122,17 +123,43 @@ class AdminService:
         return Registered(patient, result.tx_id), written
 
     def rotate_keys(self, actor: Actor, passphrase: str) -> TxResult:
-        """Give a member or patient new keys; the old keystore is kept beside the new one."""
+        """Give a member or patient new keys and re-wrap their content keys on this node.
+
+        Once the chain has taken the new public keys, every content key this node holds for
+        the holder is unwrapped with the old private key (unlocked in ``actor``) and wrapped
+        again to the new one, so nothing they could read is lost. The old keystore is kept
+        beside the new one, named by the height of the rotation, for keys held elsewhere.
+        """
         if actor.kind not in ("member", "patient"):
             raise InvalidContentError("organisation keys are rotated by the operator tooling")
         path = self.ws.datadir.keystore_path(actor.id)
-        backup = path.with_suffix(".previous.json")
+        backup = path.with_suffix(".rotating.json")
         path.replace(backup)
         try:
             sign_pub, enc_pub = self.ws.datadir.create_keystore(actor.id, passphrase)
             body = {"subject": actor.id, "sign_key": b64e(sign_pub), "enc_key": b64e(enc_pub)}
-            return self.ws.submit(actor, "key.rotate", body)
+            result = self.ws.submit(actor, "key.rotate", body)
         except BaseException:
             path.unlink(missing_ok=True)
             backup.replace(path)
             raise
+        backup.replace(path.with_suffix(f".retired-{self.ws.node.head.height}.json"))
+        self._rewrap(actor, enc_pub)
+        return result
+
+    def _rewrap(self, actor: Actor, enc_pub: bytes) -> int:
+        """Wrap every content key held for ``actor`` to its new public key; returns how many."""
+        store = self.ws.node.store
+        entries = []
+        for record_id, version, wrapped in store.wrapped_keys_for(actor.id):
+            record = store.get("record", record_id)
+            if record is None:
+                continue
+            info = DEK_INFO + binding(record_id, version, record["patient"])
+            try:
+                dek = actor.identity.unwrap(wrapped, info)
+            except DecryptionError:
+                continue  # not ours to open (already re-wrapped, or damaged): leave it
+            entries.append((record_id, version, actor.id, wrap_key(dek, enc_pub, info)))
+        store.put_wrapped_keys(entries)
+        return len(entries)

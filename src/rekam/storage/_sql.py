@@ -19,7 +19,8 @@ of them can extend the chain at a given height.
 
 Caches: the small identity tables (org, member, patient) are cached without bound and kept
 up to date write-through by ``append_block``; other rows and transaction ids are cached per
-block (filled by ``prefetch`` and by reads) and dropped whenever state changes. The caches
+block (filled by ``prefetch`` and by reads); ``append_block`` drops the entries it makes
+stale. The caches
 assume this store is the only writer of the state it reads; when another writer is noticed
 (``append_block`` finds a head it did not write) every cache is dropped.
 
@@ -635,12 +636,6 @@ class SqlChainStore:
             cache.clear()
         self._block_txs.clear()
 
-    def _clear_block_cache(self) -> None:
-        for table, cache in self._rows.items():
-            if table not in IDENTITY_TABLES:
-                cache.clear()
-        self._block_txs.clear()
-
     def _remember(self, table: str, key: str, row: _CachedRow | None) -> None:
         cache = self._rows[table]
         if len(cache) >= _BLOCK_CACHE_LIMIT and table not in IDENTITY_TABLES:
@@ -654,19 +649,20 @@ class SqlChainStore:
 
     # -- StateReader and Prefetching -------------------------------------------------------
 
-    # get and tx_seen take the lock themselves (not through @_serialised): the rules call
-    # them several times per transaction, mostly answered from the caches.
+    # get and tx_seen answer cache hits without the lock (a dict lookup is atomic): the rules
+    # call them several times per transaction, and a node validates the next block while
+    # this store is busy writing the previous one. Misses take the lock and read.
 
     def get(self, table: str, key: str) -> Row | None:
         """The state row with this key as of the chain head, or None."""
-        with self._lock:
-            try:
-                hit = self._rows[table].get(key, _MISSING)
-            except KeyError:
-                raise KeyError(f"unknown state table {table}") from None
-            if hit is _MISSING:
+        try:
+            hit = self._rows[table].get(key, _MISSING)
+        except KeyError:
+            raise KeyError(f"unknown state table {table}") from None
+        if hit is _MISSING:
+            with self._lock:
                 hit = self._read_row(table, key)
-            return None if hit is None else self._codecs[table].copy(hit)
+        return None if hit is None else self._codecs[table].copy(hit)
 
     def _read_row(self, table: str, key: str) -> _CachedRow | None:
         if not self._initialised and not self._refresh():
@@ -681,10 +677,10 @@ class SqlChainStore:
 
     def tx_seen(self, tx_id: str) -> bool:
         """True when an authenticated transaction with this id is in the chain (valid or not)."""
+        seen = self._block_txs.get(tx_id)
+        if seen is not None:
+            return seen
         with self._lock:
-            seen = self._block_txs.get(tx_id)
-            if seen is not None:
-                return seen
             if not self._initialised and not self._refresh():
                 return False
             seen = self._raw_first(self._tx_one, {"k": tx_id}, "reading txs") is not None
@@ -825,13 +821,22 @@ class SqlChainStore:
         except BaseException:
             self._drop_caches()
             raise
-        self._clear_block_cache()
-        for table in IDENTITY_TABLES:
-            rows = delta.tables.get(table, {})
-            if rows:
-                codec, cache = self._codecs[table], self._rows[table]
+        # Only what this block wrote goes stale. Rows prefetched for the next block (a node
+        # validates block n+1 while block n is stored) stay cached: the validator sees this
+        # block's writes through its own overlay, and reads the store for everything else.
+        for tx in txs:
+            self._block_txs.pop(tx.tx_id, None)
+        for table, rows in delta.tables.items():
+            if not rows:
+                continue
+            cache = self._rows[table]
+            if table in IDENTITY_TABLES:
+                codec = self._codecs[table]
                 for key, row in rows.items():
                     cache[key] = codec.normalise(key, row)
+            else:
+                for key in rows:
+                    cache.pop(key, None)
         log.debug("stored block %d with %d transactions", height, len(txs))
 
     def _write_block(
@@ -1136,6 +1141,20 @@ class SqlChainStore:
                 )
             ).scalar()
         return None if value is None else bytes(value)
+
+    @_serialised
+    def wrapped_keys_for(self, recipient: str) -> list[tuple[str, int, bytes]]:
+        """Every (record, version, wrapped key) held for a recipient, in record order."""
+        if not self._refresh():
+            return []
+        t = sc.wrapped_keys
+        with self._reading("reading wrapped_keys"):
+            rows = self._conn.execute(
+                select(t.c.record, t.c.version, t.c.wrapped)
+                .where(t.c.recipient == recipient)
+                .order_by(t.c.record, t.c.version)
+            ).all()
+        return [(str(r), int(v), bytes(w)) for r, v, w in rows]
 
     @_serialised
     def delete_wrapped_keys(self, record: str | None = None, recipient: str | None = None) -> int:
