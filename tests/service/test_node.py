@@ -161,3 +161,32 @@ def test_a_block_the_store_refuses_fails_its_waiters_and_later_blocks_recover(
     # Submitting the first again works now, and the chain is whole.
     assert ws.node.submit_wait(first, timeout=30).valid
     assert verify_chain(store, ws.genesis, ws.node.blobs).ok
+
+
+def test_signature_worker_processes_give_the_same_verdicts(tmp_path: Path) -> None:
+    from rekam.service.bench import _signed_writes
+
+    with Workspace.create(
+        tmp_path / "procs", "procs-net", ORGS, kdf="fast", sig_processes=2
+    ) as workspace:
+        assert workspace.node.warm_up()
+        org = workspace.actor("klinik-a")
+        doctor_id = workspace.admin.enrol_member(org, "doctor", "pw-doctor").id
+        doctor = workspace.actor(doctor_id, "pw-doctor")
+        patient = workspace.admin.register_patient(org, "pw-patient")[0].id
+        txs = _signed_writes(workspace, doctor, patient, 200)
+        # One write claims the doctor but is signed with the organisation's key.
+        forged = make_tx(
+            workspace.node.network_id,
+            "record.write",
+            doctor.id,
+            org.identity.signer,
+            txs[7].body,
+            txs[7].created + 1,
+        )
+        txs[7] = forged
+        results = [f.result(60) for f in workspace.node.submit_many(txs)]
+        assert [i for i, r in enumerate(results) if not r.valid] == [7]
+        assert not results[7].authenticated
+        assert workspace.node.signatures_in_workers >= 64
+        assert verify_chain(workspace.node.store, workspace.genesis, workspace.node.blobs).ok

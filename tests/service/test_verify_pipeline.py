@@ -136,16 +136,16 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
 def pools(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Two forked workers even on a one-core machine; records each pool's worker count."""
     started: list[int] = []
-    real = verify._worker_pool
+    real = verify.fork_pool
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
 
-    def two_workers() -> tuple[ProcessPoolExecutor, int] | None:
-        pool = real()
+    def two_workers(limit: int) -> tuple[ProcessPoolExecutor, int] | None:
+        pool = real(limit)
         if pool is not None:
             started.append(pool[1])
         return pool
 
-    monkeypatch.setattr(verify, "_worker_pool", two_workers)
+    monkeypatch.setattr(verify, "fork_pool", two_workers)
     return started
 
 
@@ -201,7 +201,7 @@ class _BrokenAtResult(_BrokenAtSubmit):
 def test_failing_workers_leave_the_work_to_this_process(
     small_batches: None, monkeypatch: pytest.MonkeyPatch, pool: type[_BrokenAtSubmit]
 ) -> None:
-    monkeypatch.setattr(verify, "_worker_pool", lambda: (pool(), 2))
+    monkeypatch.setattr(verify, "fork_pool", lambda limit: (pool(), 2))
     blocks = _blocks()
     assert _prepared(blocks) == _expected(blocks)
 
@@ -313,7 +313,7 @@ def _summary(report: VerifyReport) -> dict[str, Any]:
 
 def _without_workers(folder: Path, monkeypatch: pytest.MonkeyPatch) -> VerifyReport:
     with monkeypatch.context() as patch:
-        patch.setattr(verify, "_worker_pool", lambda: None)
+        patch.setattr(verify, "fork_pool", lambda limit: None)
         return _verify(folder)
 
 

@@ -125,8 +125,16 @@ def init(
     store: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in the folder).")
     ] = None,
+    sig_processes: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Worker processes for signature checks (default: up to 2, by CPU)."
+        ),
+    ] = None,
 ) -> None:
     """Create a new network from a genesis in an empty data folder."""
+    from rekam.service.workers import worker_count
+
     specs = []
     for item in org or ["klinik-utama:clinic:Klinik Utama"]:
         parts = item.split(":", 2)
@@ -134,7 +142,14 @@ def init(
             raise _fail(f"--org {item!r}: expected slug:kind[:label]")
         specs.append(OrgSpec(parts[0], parts[1], parts[2] if len(parts) > 2 else parts[0]))
     try:
-        ws = Workspace.create(data_dir, network, specs, kdf=kdf, store_url=store)
+        ws = Workspace.create(
+            data_dir,
+            network,
+            specs,
+            kdf=kdf,
+            store_url=store,
+            sig_processes=worker_count(2) if sig_processes is None else sig_processes,
+        )
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
     with ws:

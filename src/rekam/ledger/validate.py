@@ -9,7 +9,7 @@ in parallel first (they need no state), the rules then run one transaction at a 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rekam.crypto import verify_many, verify_signature
@@ -111,18 +111,21 @@ def decode_all(raw_txs: Sequence[bytes]) -> list[Transaction | None]:
 
 
 def check_signatures(
-    txs: Sequence[Transaction | None], workers: int | None = None
+    txs: Sequence[Transaction | None],
+    workers: int | None = None,
+    verify: Callable[[Sequence[tuple[bytes, bytes, bytes]]], list[bool]] | None = None,
 ) -> list[tuple[bool, ...]]:
     """Verify every signature of every transaction; per-transaction tuples.
 
     In parallel on the shared verification threads, or on ``workers`` threads (1: the
-    calling thread only, as a worker process wants).
+    calling thread only, as a worker process wants), or with ``verify`` (which must apply
+    ``verify_signature`` to each (key, message, signature) item, e.g. in worker processes).
     """
     items: list[tuple[bytes, bytes, bytes]] = []
     for tx in txs:
         if tx is not None:
             items.extend((s.key, tx.signed_message, s.sig) for s in tx.signatures)
-    flat = iter(verify_many(items, workers))
+    flat = iter(verify_many(items, workers) if verify is None else verify(items))
     return [() if tx is None else tuple(next(flat) for _ in tx.signatures) for tx in txs]
 
 

@@ -33,9 +33,11 @@ from rekam.ledger.tx import Transaction, make_tx, new_id
 from rekam.records import synthetic
 from rekam.service.proofs import BlockLog, build_receipt, make_checkpoint, verify_receipt
 from rekam.service.verify import verify_chain
+from rekam.service.workers import worker_count
 from rekam.service.workspace import Actor, OrgSpec, Workspace
 
 BLOCK_TXS = 500
+SIG_PROCESSES = 2
 BENCH_ORGS = (
     OrgSpec("klinik-bench", "clinic", "Bench clinic"),
     OrgSpec("klinik-dua", "clinic", "Second clinic"),
@@ -80,7 +82,15 @@ def _network(parent: Path, name: str) -> Iterator[tuple[Workspace, Actor, str]]:
     """A throw-away network with one doctor and one patient, fast keystores."""
     parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=parent))
-    ws = Workspace.create(folder, "rekam-bench", BENCH_ORGS, kdf="fast", block_max_txs=BLOCK_TXS)
+    ws = Workspace.create(
+        folder,
+        "rekam-bench",
+        BENCH_ORGS,
+        kdf="fast",
+        block_max_txs=BLOCK_TXS,
+        sig_processes=worker_count(SIG_PROCESSES),
+    )
+    ws.node.warm_up()  # a running node has its workers up; starting them is not committing
     try:
         org = ws.actor("klinik-bench")
         doctor_id = ws.admin.enrol_member(org, "doctor", "bench-pass").id

@@ -29,6 +29,7 @@ from rekam.ledger.validate import (
     decode_all,
 )
 from rekam.service.ports import BlobStore, ChainStore, Orderer
+from rekam.service.workers import SignaturePool
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Node:
         blobs: BlobStore,
         *,
         clock: Callable[[], int] = now_ms,
+        sig_processes: int = 0,
     ) -> None:
         self.genesis = genesis
         self.store = store
@@ -72,6 +74,8 @@ class Node:
         self._attachments: dict[str, list[WrappedKey]] = {}
         self._cut_lock = threading.Lock()
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="rekam-prepare")
+        # Signature checks in worker processes (see rekam.service.workers); 0: on threads.
+        self._sigpool = SignaturePool(sig_processes) if sig_processes > 0 else None
         self._validate_queue: queue.Queue[
             tuple[Block, Future[Prepared], Future[BlockResult]] | None
         ] = queue.Queue()
@@ -219,10 +223,22 @@ class Node:
         """Validate a block against the current state and store it; wait for the outcome."""
         return self.deliver(block, txs).result(timeout)
 
-    @staticmethod
-    def _prepare(block: Block, txs: list[Transaction] | None) -> Prepared:
+    def _prepare(self, block: Block, txs: list[Transaction] | None) -> Prepared:
         decoded: list[Transaction | None] = decode_all(block.txs) if txs is None else list(txs)
-        return decoded, check_signatures(decoded)
+        pool = self._sigpool
+        return decoded, check_signatures(decoded, verify=None if pool is None else pool.check)
+
+    @property
+    def signatures_in_workers(self) -> int:
+        """How many signatures worker processes have checked for this node so far."""
+        return 0 if self._sigpool is None else self._sigpool.checked_in_workers
+
+    def warm_up(self, timeout: float = 30.0) -> bool:
+        """Start the signature worker processes now and wait for them (False: not running)."""
+        if self._sigpool is None:
+            return False
+        self._sigpool.start()
+        return self._sigpool.wait_ready(timeout)
 
     def _start_pipeline(self) -> None:
         with self._pipeline_lock:
@@ -363,4 +379,6 @@ class Node:
                     thread.join()
                 self._threads = []
         self._prepare_pool.shutdown()
+        if self._sigpool is not None:
+            self._sigpool.close()
         self.store.close()

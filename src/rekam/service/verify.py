@@ -13,14 +13,10 @@ from __future__ import annotations
 import gc
 import hashlib
 import itertools
-import multiprocessing
-import os
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +37,7 @@ from rekam.ledger.validate import (
 )
 from rekam.service.ports import BlobStore, ChainStore
 from rekam.service.proofs import BlockLog
+from rekam.service.workers import POOL_FAILURES, fork_pool, submit_parts
 
 # Replay reads blocks in batches, each closed at whichever limit it reaches first, and
 # prepares (decodes and signature-checks) up to PREPARE_AHEAD batches ahead of the one it
@@ -122,32 +119,6 @@ def _prepare_txs(raws: list[bytes]) -> PreparedTxs:
     return decoded, check_signatures(decoded, workers=1)
 
 
-def _worker_start() -> None:
-    # Nothing inherited from the parent becomes garbage in a worker. Frozen, it is left out of
-    # collections, which would otherwise write to (and so copy) every inherited page.
-    gc.freeze()
-
-
-def _worker_pool() -> tuple[ProcessPoolExecutor, int] | None:
-    """Forked worker processes and their number, or None where they would not help."""
-    workers = min(os.cpu_count() or 1, MAX_WORKERS)
-    # Forking is cheap and needs no imports; elsewhere batches are prepared in this process,
-    # as they are in a daemonic process, which may not have children.
-    if (
-        workers < 2
-        or not sys.platform.startswith("linux")
-        or multiprocessing.current_process().daemon
-    ):
-        return None
-    context = multiprocessing.get_context("fork")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start), workers
-
-
-# What may go wrong with the worker processes themselves (not with the work): a worker died,
-# the pool was shut down, forking failed. Batches are then prepared in this process.
-_POOL_FAILURES = (BrokenProcessPool, CancelledError, RuntimeError, OSError)
-
-
 class _Preparation:
     """Batches of blocks from a height on, each with its transactions decoded and checked.
 
@@ -183,7 +154,7 @@ class _Preparation:
             return
         second = next(self._batches, None)
         if second is not None:  # one batch is done before workers would have started
-            started = _worker_pool()
+            started = fork_pool(MAX_WORKERS)
             if started is not None:
                 self._pool, self._workers = started
         batches = itertools.chain([first] if second is None else [first, second], self._batches)
@@ -207,13 +178,9 @@ class _Preparation:
         if self._pool is None:
             return []
         raws = [raw for block in batch for raw in block.txs]
-        size = max(1, -(-len(raws) // self._workers))
         try:
-            return [
-                self._pool.submit(_prepare_txs, raws[i : i + size])
-                for i in range(0, len(raws), size)
-            ]
-        except _POOL_FAILURES:
+            return submit_parts(self._pool, _prepare_txs, raws, self._workers)
+        except POOL_FAILURES:
             self._stop()
             return []
 
@@ -224,7 +191,7 @@ class _Preparation:
                     self._idle = None  # nothing left to do meanwhile
             try:
                 results = [part.result() for part in parts]
-            except _POOL_FAILURES:
+            except POOL_FAILURES:
                 self._stop()
             else:
                 return (

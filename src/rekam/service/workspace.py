@@ -92,6 +92,7 @@ class Workspace:
         store_url: str | None = None,
         block_max_txs: int = 500,
         block_max_wait_ms: int = 20,
+        sig_processes: int = 0,
     ) -> Workspace:
         """Found a new network in an empty folder: keys, genesis, store; then open it."""
         for spec in orgs:
@@ -110,6 +111,8 @@ class Workspace:
             "orgs": {},
             "block_max_txs": block_max_txs,
             "block_max_wait_ms": block_max_wait_ms,
+            # Worker processes for signature checks (0: threads in the node process).
+            "sig_processes": sig_processes,
         }
         datadir.write_config(config)
         founding = []
@@ -151,7 +154,12 @@ class Workspace:
             if genesis.network_id != config.get("network"):
                 raise DataDirError("genesis.json does not match the network id in rekam.json")
             store = open_store(datadir.store_url())
-            node = Node(genesis, store, DirectoryBlobStore(datadir.blob_dir))
+            node = Node(
+                genesis,
+                store,
+                DirectoryBlobStore(datadir.blob_dir),
+                sig_processes=int(config.get("sig_processes", 0)),
+            )
             orgs = {org: load_identity(uri, root) for org, uri in config["orgs"].items()}
             orderer_id = config["orderer"]
             orderer = SoloOrderer(
