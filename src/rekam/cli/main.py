@@ -45,6 +45,9 @@ def _register_actions() -> None:
     app.add_typer(consent_app, name="consent")
     app.add_typer(member_app, name="member")
     app.add_typer(patient_app, name="patient")
+    from rekam.cli.serve import register
+
+    register(app, bench_app)
 
 
 console = Console()
