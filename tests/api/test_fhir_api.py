@@ -304,3 +304,56 @@ def test_ledger_api(api: Api) -> None:
     assert api.client.post("/api/checkpoints", headers=headers).status_code == 201
     assert api.client.get("/api/checkpoints/latest", headers=headers).status_code == 200
     assert api.client.get("/openapi.json").status_code == 200
+
+
+def test_identifier_search_finds_a_patient_read_through_the_api(api: Api) -> None:
+    pid = api.patient_id(1)
+    doctor = api.headers("dokter-melati")
+    patient = api.client.get(f"/fhir/Patient/{pid}", headers=doctor).json()
+    nik = patient["identifier"][0]["value"]
+    found = api.client.get(f"/fhir/Patient?identifier={nik}", headers=doctor).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [pid]
+    # The pharmacy's consent covers prescriptions, not the Patient resource.
+    before = len(api.events(pid))
+    pharmacy = api.client.get(
+        f"/fhir/Patient?identifier={nik}", headers=api.headers("apoteker-sentosa")
+    ).json()
+    assert pharmacy["total"] == 0
+    denied = [e for e in api.events(pid)[before:] if e.kind == "access.read"]
+    assert [e.allowed for e in denied] == [False]
+
+
+def test_satusehat_export_shape(api: Api) -> None:
+    pid = api.patient_id(1)
+    doctor_id = api.principal("dokter-melati")[0]
+    headers = api.headers("dokter-melati")
+    url = f"/fhir/Patient/{pid}/$everything?shape=satusehat"
+    assert api.client.get(url, headers=headers).status_code == 400  # no mapping yet
+    mapping = {
+        "organizations": {"klinik-melati": "10000004"},
+        "practitioners": {doctor_id: "10009880728"},
+        "patients": {pid: "P02478375538"},
+        "locations": {"klinik-melati": {"id": "b017aa54-f1df-4ec2-9d84-8823815d7228"}},
+    }
+    (api.root / "satusehat.json").write_text(json.dumps(mapping))
+    bundle = api.client.get(url, headers=headers).json()
+    resources = [e["resource"] for e in bundle["entry"]]
+    encounter = next(r for r in resources if r["resourceType"] == "Encounter")
+    assert encounter["subject"]["reference"] == "Patient/P02478375538"
+    assert encounter["participant"][0]["individual"]["reference"] == "Practitioner/10009880728"
+    assert encounter["serviceProvider"]["reference"] == "Organization/10000004"
+    assert encounter["location"][0]["location"]["reference"].startswith("Location/b017aa54")
+    assert any(
+        i["system"] == "http://sys-ids.kemkes.go.id/encounter/10000004"
+        for i in encounter["identifier"]
+    )
+    assert encounter["statusHistory"][0]["status"] == encounter["status"]
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    assert patient["id"] == "P02478375538"
+    for resource in resources:
+        validate_resource(resource, resource["resourceType"])
+    plain = api.client.get(f"/fhir/Patient/{pid}/$everything", headers=headers).json()
+    plain_enc = next(
+        e["resource"] for e in plain["entry"] if e["resource"]["resourceType"] == "Encounter"
+    )
+    assert plain_enc["subject"]["reference"] == f"Patient/{pid}"

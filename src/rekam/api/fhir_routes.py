@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
@@ -20,6 +20,7 @@ from rekam.service.fhir_store import (
     check_date_param,
     iso,
 )
+from rekam.service.satusehat import SatusehatMapping
 from rekam.service.workspace import Actor
 
 if TYPE_CHECKING:
@@ -126,9 +127,8 @@ def _parse_search(ctx: ApiContext, resource_type: str, request: Request) -> Sear
     allowed = _SEARCH_PARAMS | ({"identifier"} if resource_type == "Patient" else set())
     for key, value in request.query_params.multi_items():
         if key not in allowed:
-            raise ApiError(
-                400, "not-supported", "unsupported search parameter", [f"{key}: unknown"]
-            )
+            # The parameter's name is not echoed: it is client input like any other.
+            raise ApiError(400, "not-supported", "unsupported search parameter")
         if key in ("patient", "subject"):
             if resource_type == "Patient":
                 raise ApiError(400, "not-supported", "use _id to search Patient by id")
@@ -279,10 +279,17 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
         )
 
     @router.get("/Patient/{patient_id}/$everything", summary="Export a patient's records")
-    async def everything(request: Request, patient_id: str) -> Response:
+    async def everything(
+        request: Request, patient_id: str, shape: Literal["r4", "satusehat"] = "r4"
+    ) -> Response:
         actor = _scope(ctx, request, "Patient", "read")
-        versions = await ctx.call(ctx.fhir.everything, actor, patient_id)
-        resources = [v.resource for v in versions]
+        if shape == "satusehat":
+            # Loaded before any read, so a node without a mapping audits nothing in vain.
+            mapping = SatusehatMapping.load(ctx.ws.datadir.root)
+            resources = await ctx.call(ctx.fhir.export_satusehat, actor, patient_id, mapping)
+        else:
+            versions = await ctx.call(ctx.fhir.everything, actor, patient_id)
+            resources = [v.resource for v in versions]
         return fhir_response(_bundle(request, "searchset", resources, len(resources)))
 
     @router.get("/{resource_type}", summary="Search a resource type")

@@ -45,6 +45,7 @@ from rekam.service.errors import (
     NotFoundError,
     ServiceError,
 )
+from rekam.service.satusehat import SatusehatMapping, to_satusehat
 
 if TYPE_CHECKING:
     from rekam.service.workspace import Actor, Workspace
@@ -380,6 +381,10 @@ class FhirService:
             raise NotFoundError("unknown version")
         purpose = self._purpose(actor, str(row["patient"]), record_id, wanted)
         result = self.ws.records.read(actor, record_id, wanted, purpose=purpose)
+        if row["resource_type"] == "Patient" and wanted == int(row["version"]):
+            # The reader has just seen these identifiers under an audited read: indexing them
+            # reveals nothing new and lets identifier search find patients registered elsewhere.
+            self.index.add(str(row["patient"]), result.resource)
         return self._present(record_id, row, wanted, result.resource)
 
     def _may_read(self, actor: Actor, record_id: str, row: Mapping[str, Any]) -> bool:
@@ -644,6 +649,18 @@ class FhirService:
                     out.append(hit)
             else:
                 self._record_denial(actor, str(key))
+        return out
+
+    def export_satusehat(
+        self, actor: Actor, patient: str, mapping: SatusehatMapping
+    ) -> list[dict[str, Any]]:
+        """``everything`` in the SATUSEHAT shape (ids and Encounter elements it expects)."""
+        out = []
+        for hit in self.everything(actor, patient):
+            record_id, _ = self._record_of(hit.resource_type, hit.fhir_id)
+            written = authorship(self._store, record_id, hit.version)
+            org = str(written["author_org"]) if written and written["author_org"] else None
+            out.append(to_satusehat(hit.resource, org, mapping))
         return out
 
     # -- transaction Bundles ---------------------------------------------------------------
