@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from typing import Any
 
+import httpx
 import pytest
 
 from rekam.records.fhir import validate_resource
@@ -357,3 +359,23 @@ def test_satusehat_export_shape(api: Api) -> None:
         e["resource"] for e in plain["entry"] if e["resource"]["resourceType"] == "Encounter"
     )
     assert plain_enc["subject"]["reference"] == f"Patient/{pid}"
+
+
+def test_concurrent_requests_share_blocks_and_all_commit(api: Api) -> None:
+    pid = api.patient_id(1)
+    headers = api.headers("dokter-melati")
+    body = _for_patient(FIXTURES[0], pid)
+    n = 24
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=api.client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            responses = await asyncio.gather(
+                *(client.post("/fhir/Observation", json=body, headers=headers) for _ in range(n))
+            )
+        return [r.status_code for r in responses]
+
+    height = _height(api)
+    assert asyncio.run(run()) == [201] * n
+    # Concurrent writes are batched: fewer blocks than requests (each request is one tx).
+    assert 0 < _height(api) - height < n

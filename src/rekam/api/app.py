@@ -3,9 +3,9 @@
 Requests carry a bearer token (see :mod:`rekam.service.tokens`). The token's scopes are
 checked here; whether the principal may see a patient's data is decided by the same consent
 rules as the core, inside the service layer, which records every read and denial on the
-chain. Service calls are serialised by one lock: the embedded store and orderer are shared
-by every request, and a transaction Bundle must see no interleaved writes while it is
-checked and written.
+chain. Ordinary requests run concurrently on worker threads (the service layer is
+thread-safe, and concurrent requests share blocks); a transaction Bundle runs alone, so no
+other write interleaves between its checks and its writes.
 
 Errors are FHIR OperationOutcome bodies built from the service errors' messages, which
 never contain input values; unexpected exceptions are logged by type name only.
@@ -56,6 +56,39 @@ class ApiConfig:
     max_count: int = 100
 
 
+class SharedExclusiveLock:
+    """Many shared holders at once, or one exclusive holder (writers are not starved)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting_exclusive = 0
+
+    def acquire(self, exclusive: bool) -> None:
+        """Wait until the lock can be held in the given mode."""
+        with self._cond:
+            if exclusive:
+                self._waiting_exclusive += 1
+                while self._exclusive or self._shared:
+                    self._cond.wait()
+                self._waiting_exclusive -= 1
+                self._exclusive = True
+            else:
+                while self._exclusive or self._waiting_exclusive:
+                    self._cond.wait()
+                self._shared += 1
+
+    def release(self, exclusive: bool) -> None:
+        """Give the lock back in the mode it was taken."""
+        with self._cond:
+            if exclusive:
+                self._exclusive = False
+            else:
+                self._shared -= 1
+            self._cond.notify_all()
+
+
 class ApiContext:
     """What the routes share: the workspace, services, tokens, and unlocked principals."""
 
@@ -65,7 +98,7 @@ class ApiContext:
         self.config = config
         self.fhir = FhirService(ws, IdentifierIndex(ws.datadir.root))
         self.views = LedgerViews(self.fhir)
-        self.lock = threading.Lock()
+        self.lock = SharedExclusiveLock()
         # Unlocked principals by token id: Argon2id runs once per token, not per request.
         self._actors: dict[str, Actor] = {}
 
@@ -73,17 +106,24 @@ class ApiContext:
         """Close the node-local databases this context opened."""
         self.fhir.index.close()
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking service call on a worker thread, one at a time."""
+    async def call(self, fn: Callable[..., T], *args: Any, exclusive: bool = False) -> T:
+        """Run a blocking service call on a worker thread (alone when ``exclusive``)."""
 
         def locked() -> T:
-            with self.lock:
+            self.lock.acquire(exclusive)
+            try:
                 return fn(*args)
+            finally:
+                self.lock.release(exclusive)
 
         return await run_in_threadpool(locked)
 
-    def authenticate(self, request: Request) -> tuple[Session, Actor]:
+    async def authenticate(self, request: Request) -> tuple[Session, Actor]:
         """The session and unlocked principal of a request; ApiError 401 otherwise."""
+        # On a worker thread: the first use of a token runs Argon2id to unlock the keystore.
+        return await run_in_threadpool(self._authenticate, request)
+
+    def _authenticate(self, request: Request) -> tuple[Session, Actor]:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:

@@ -48,8 +48,8 @@ def _check_type(resource_type: str) -> None:
         raise ApiError(404, "not-supported", "this resource type is not supported here")
 
 
-def _scope(ctx: ApiContext, request: Request, resource_type: str, mode: str) -> Actor:
-    session, actor = ctx.authenticate(request)
+async def _scope(ctx: ApiContext, request: Request, resource_type: str, mode: str) -> Actor:
+    session, actor = await ctx.authenticate(request)
     if not session.info.allows(resource_type, mode):
         raise ApiError(403, "forbidden", f"the token's scopes do not allow {mode} here")
     return actor
@@ -254,7 +254,7 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("", summary="Transaction Bundle (atomic import)", openapi_extra=_BODY)
     async def transaction(request: Request) -> Response:
-        session, actor = ctx.authenticate(request)
+        session, actor = await ctx.authenticate(request)
         bundle = await _json_body(ctx, request)
         if not isinstance(bundle, dict):
             raise ApiError(400, "structure", "the body must be a Bundle")
@@ -262,7 +262,7 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
         def run() -> list[Any]:
             return ctx.fhir.transaction(actor, bundle, lambda t: session.info.allows(t, "write"))
 
-        outcomes = await ctx.call(run)
+        outcomes = await ctx.call(run, exclusive=True)
         entries = [
             {
                 "response": {
@@ -282,7 +282,7 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
     async def everything(
         request: Request, patient_id: str, shape: Literal["r4", "satusehat"] = "r4"
     ) -> Response:
-        actor = _scope(ctx, request, "Patient", "read")
+        actor = await _scope(ctx, request, "Patient", "read")
         if shape == "satusehat":
             # Loaded before any read, so a node without a mapping audits nothing in vain.
             mapping = SatusehatMapping.load(ctx.ws.datadir.root)
@@ -295,7 +295,7 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
     @router.get("/{resource_type}", summary="Search a resource type")
     async def search(request: Request, resource_type: str) -> Response:
         _check_type(resource_type)
-        actor = _scope(ctx, request, resource_type, "read")
+        actor = await _scope(ctx, request, resource_type, "read")
         if resource_type in RECORD_TYPES:
             params = _parse_search(ctx, resource_type, request)
             result = await ctx.call(ctx.fhir.search, actor, resource_type, params)
@@ -310,7 +310,7 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
         _check_type(resource_type)
         if resource_type not in RECORD_TYPES:
             raise ApiError(405, "not-supported", "this type is a read-only view of the ledger")
-        actor = _scope(ctx, request, resource_type, "write")
+        actor = await _scope(ctx, request, resource_type, "write")
         body = await _json_body(ctx, request)
         version = await ctx.call(ctx.fhir.create, actor, resource_type, body)
         return fhir_response(version.resource, 201, _version_headers(request, version))
@@ -318,7 +318,7 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
     @router.get("/{resource_type}/{fhir_id}", summary="Read a resource")
     async def read(request: Request, resource_type: str, fhir_id: str) -> Response:
         _check_type(resource_type)
-        actor = _scope(ctx, request, resource_type, "read")
+        actor = await _scope(ctx, request, resource_type, "read")
         if resource_type not in RECORD_TYPES:
             resource = await ctx.call(_view_read, ctx, actor, resource_type, fhir_id)
             return fhir_response(resource)
@@ -330,7 +330,7 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
         _check_type(resource_type)
         if resource_type not in RECORD_TYPES:
             raise ApiError(405, "not-supported", "this type is a read-only view of the ledger")
-        actor = _scope(ctx, request, resource_type, "write")
+        actor = await _scope(ctx, request, resource_type, "write")
         body = await _json_body(ctx, request)
         version = await ctx.call(ctx.fhir.update, actor, resource_type, fhir_id, body)
         return fhir_response(version.resource, 200, _version_headers(request, version))
@@ -340,7 +340,7 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
         _check_type(resource_type)
         if resource_type not in RECORD_TYPES:
             raise ApiError(404, "not-supported", "views of the ledger have no version history")
-        actor = _scope(ctx, request, resource_type, "read")
+        actor = await _scope(ctx, request, resource_type, "read")
         versions = await ctx.call(ctx.fhir.history, actor, resource_type, fhir_id)
         return fhir_response(
             _bundle(request, "history", [v.resource for v in versions], len(versions))
@@ -353,7 +353,7 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
         _check_type(resource_type)
         if resource_type not in RECORD_TYPES:
             raise ApiError(404, "not-supported", "views of the ledger have no versions")
-        actor = _scope(ctx, request, resource_type, "read")
+        actor = await _scope(ctx, request, resource_type, "read")
         if not version_id.isdigit() or len(version_id) > 9:
             raise ApiError(404, "not-found", "unknown version")
         version = await ctx.call(ctx.fhir.read, actor, resource_type, fhir_id, int(version_id))

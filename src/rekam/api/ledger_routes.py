@@ -49,7 +49,7 @@ def build_ledger_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/blocks/{height}", summary="A block header and its transactions' results")
     async def block(request: Request, height: int) -> Response:
-        ctx.authenticate(request)
+        await ctx.authenticate(request)
 
         def run() -> dict[str, Any]:
             found = ws.node.store.get_block(height) if 0 <= height <= 2**53 else None
@@ -68,7 +68,7 @@ def build_ledger_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/transactions/{tx_id}", summary="A committed transaction")
     async def transaction(request: Request, tx_id: str) -> Response:
-        ctx.authenticate(request)
+        await ctx.authenticate(request)
 
         def run() -> dict[str, Any]:
             stored = ws.node.store.get_tx(tx_id) if len(tx_id) <= 128 else None
@@ -99,7 +99,7 @@ def build_ledger_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/checkpoints/latest", summary="The latest cosigned checkpoint")
     async def checkpoint(request: Request) -> Response:
-        ctx.authenticate(request)
+        await ctx.authenticate(request)
         latest = await ctx.call(ws.node.store.latest_checkpoint)
         if latest is None:
             raise ApiError(404, "not-found", "no checkpoint yet")
@@ -107,13 +107,13 @@ def build_ledger_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/checkpoints", summary="Cosign a checkpoint of the head by local orgs")
     async def new_checkpoint(request: Request) -> Response:
-        ctx.authenticate(request)
+        await ctx.authenticate(request)
         made = await ctx.call(_checkpoint)
         return _json(made.to_json(), 201)
 
     @router.get("/receipts/{tx_id}", summary="Inclusion receipt of a transaction")
     async def receipt(request: Request, tx_id: str) -> Response:
-        ctx.authenticate(request)
+        await ctx.authenticate(request)
 
         def run() -> dict[str, Any]:
             if len(tx_id) > 128 or ws.node.store.get_tx(tx_id) is None:
@@ -127,7 +127,7 @@ def build_ledger_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/patients/{patient_id}/access-history", summary="A patient's access history")
     async def access_history(request: Request, patient_id: str) -> Response:
-        _, actor = ctx.authenticate(request)
+        _, actor = await ctx.authenticate(request)
 
         def run() -> list[dict[str, Any]]:
             if not ctx.fhir.may_see_patient_metadata(actor, patient_id):

@@ -174,17 +174,18 @@ def serve(
 def bench_api(
     data_dir: DataDirOpt,
     requests: Annotated[int, typer.Option(min=1, help="Creates, then as many reads.")] = 300,
+    clients: Annotated[int, typer.Option(min=1, max=256, help="Concurrent clients.")] = 16,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """FHIR create and read requests per second through the API, beside the core commit rate."""
     from rekam.api.bench import bench_api as run
 
-    result = run(data_dir, requests)
+    result = run(data_dir, requests, clients)
     if as_json:
         print(json.dumps(result))
         return
     for key, value in result.items():
-        typer.echo(f"{key:>22}: {value}")
+        typer.echo(f"{key:>30}: {value}")
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
