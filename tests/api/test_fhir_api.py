@@ -379,3 +379,19 @@ def test_concurrent_requests_share_blocks_and_all_commit(api: Api) -> None:
     assert asyncio.run(run()) == [201] * n
     # Concurrent writes are batched: fewer blocks than requests (each request is one tx).
     assert 0 < _height(api) - height < n
+
+
+def test_bundle_with_unknown_reference_for_a_new_patient_writes_nothing(api: Api) -> None:
+    bundle = load_fixture("bundle-legacy-import.json")
+    bundle["entry"][2]["resource"]["asserter"] = {"reference": "Practitioner/m-" + "0" * 31 + "1"}
+    height = _height(api)
+    r = api.client.post("/fhir", json=bundle, headers=api.headers("dokter-melati"))
+    assert r.status_code == 422, r.text
+    assert "entry[2]" in r.json()["issue"][0]["diagnostics"]
+    assert _height(api) == height
+    # Registration staff may register the patient but not write clinical records for them.
+    admin = api.client.post(
+        "/fhir", json=load_fixture("bundle-legacy-import.json"), headers=api.headers("admin-melati")
+    )
+    assert admin.status_code == 403
+    assert _height(api) == height

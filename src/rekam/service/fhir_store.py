@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rekam.ledger.rules import CARE_PURPOSES, REGISTRAR_ROLES, authorship
+from rekam.ledger.rules import CARE_PURPOSES, CLINICAL_ROLES, REGISTRAR_ROLES, authorship
 from rekam.ledger.tx import RESOURCE_TYPES, id_kind
 from rekam.records.fhir import (
     FhirValidationError,
@@ -820,10 +820,17 @@ class FhirService:
                 raise InvalidContentError(f"Bundle.entry[{n}]: must name its Patient")
             if patient_ref in new_patients:
                 member = self._store.get("member", actor.id)
-                if member is None:
-                    raise AccessDenied(f"Bundle.entry[{n}]: only members write records")
-                continue
+                # A new patient's home is the writer's organisation: the organisation basis
+                # then holds for clinical staff, as the ledger will check at write time.
+                if member is None or member["role"] not in CLINICAL_ROLES:
+                    raise AccessDenied(f"Bundle.entry[{n}]: no basis to write for this patient")
             patient = subject.split("/", 1)[1]
+            if patient_ref in new_patients:
+                try:
+                    self._check_refs_existing(validated, patient, urls)
+                except ServiceError as exc:
+                    raise type(exc)(f"Bundle.entry[{n}]: {exc}") from None
+                continue
             try:
                 self._check_refs_existing(validated, patient, urls)
             except ServiceError as exc:
