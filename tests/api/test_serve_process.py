@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -78,3 +79,40 @@ def test_serve_token_and_revoke(demo_template: Path, tmp_path: Path) -> None:
         server.terminate()
         _, err = server.communicate(timeout=30)
     assert b"Traceback" not in err
+
+
+def test_token_cli_refuses_a_wrong_passphrase_and_bad_scopes(
+    demo_template: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "node"
+    shutil.copytree(demo_template, root)
+    creds = json.loads((root / "demo-credentials.json").read_text())
+    member = creds["members"]["dokter-melati"]["id"]
+    wrong = subprocess.run(
+        [*REKAM, "token", "-d", str(root), "--as", member, "--passphrase-env", "WRONG_PASS"],
+        capture_output=True,
+        text=True,
+        env={**ENV, "WRONG_PASS": "not-the-passphrase"},
+        timeout=120,
+        check=False,
+    )
+    assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    scope = subprocess.run(
+        [*REKAM, "token", "-d", str(root), "--as", "dokter-melati", "--scope", "everything"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+        check=False,
+    )
+    assert scope.returncode == 1 and "scopes look like" in scope.stderr
+    listing = subprocess.run(
+        [*REKAM, "token", "list", "-d", str(root)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+        check=True,
+    )
+    assert listing.stdout.strip() == ""

@@ -41,6 +41,11 @@ COMMANDS = [
     ["member", "enrol"],
     ["member", "revoke"],
     ["patient", "register"],
+    ["serve"],
+    ["token"],
+    ["token", "revoke"],
+    ["token", "list"],
+    ["bench", "api"],
 ]
 
 
