@@ -395,3 +395,31 @@ def test_bundle_with_unknown_reference_for_a_new_patient_writes_nothing(api: Api
     )
     assert admin.status_code == 403
     assert _height(api) == height
+
+
+def test_patient_scopes_confine_a_member_to_the_patient_in_context(api: Api) -> None:
+    p1, p3 = api.patient_id(1), api.patient_id(3)
+    member, passphrase = api.principal("dokter-melati")
+    token = api.tokens.issue(
+        member,
+        passphrase,
+        "patient/*.read",
+        now=api.ws.node.clock(),
+        expires_in_ms=60_000,
+        patient=p1,
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    own = api.client.get("/fhir/Condition", headers=headers)
+    assert own.status_code == 200 and own.json()["total"] >= 1
+    assert api.client.get(f"/fhir/Patient/{p1}", headers=headers).status_code == 200
+    before = len(api.events(p3))
+    # The doctor's organisation could read patient 3, but this token is confined to p1.
+    other = api.client.get(f"/fhir/Patient/{p3}", headers=headers)
+    assert other.status_code == 403
+    refused = [e for e in api.events(p3)[before:] if e.kind == "access.read"]
+    assert [(e.actor, e.allowed) for e in refused] == [(member, False)]
+    assert api.client.get(f"/fhir/Condition?patient={p3}", headers=headers).status_code == 403
+    obs = _for_patient(FIXTURES[0], p1)
+    assert api.client.post("/fhir/Observation", json=obs, headers=headers).status_code == 403
+    no_context = api.headers("dokter-melati", "patient/*.read")
+    assert api.client.get(f"/fhir/Patient/{p1}", headers=no_context).status_code == 403

@@ -21,6 +21,7 @@ from rekam.service.fhir_store import (
     iso,
 )
 from rekam.service.satusehat import SatusehatMapping
+from rekam.service.tokens import OutsideCompartment
 from rekam.service.workspace import Actor
 
 if TYPE_CHECKING:
@@ -48,11 +49,50 @@ def _check_type(resource_type: str) -> None:
         raise ApiError(404, "not-supported", "this resource type is not supported here")
 
 
-async def _scope(ctx: ApiContext, request: Request, resource_type: str, mode: str) -> Actor:
+async def _scope(
+    ctx: ApiContext, request: Request, resource_type: str, mode: str
+) -> tuple[Actor, str | None]:
+    """The acting principal, and the patient it is confined to by ``patient/`` scopes."""
     session, actor = await ctx.authenticate(request)
-    if not session.info.allows(resource_type, mode):
-        raise ApiError(403, "forbidden", f"the token's scopes do not allow {mode} here")
-    return actor
+    try:
+        return actor, session.info.compartment(resource_type, mode)
+    except OutsideCompartment:
+        raise ApiError(403, "forbidden", f"the token's scopes do not allow {mode} here") from None
+
+
+def _confine(compartment: str | None, patient: str | None) -> None:
+    """Refuse an access outside the token's patient in context (``patient/`` scopes)."""
+    if compartment is not None and patient != compartment:
+        raise ApiError(403, "forbidden", "the token's patient scopes cover another patient")
+
+
+async def _confine_read(
+    ctx: ApiContext,
+    actor: Actor,
+    compartment: str | None,
+    patient: str,
+    resource_type: str | None,
+    fhir_id: str | None,
+) -> None:
+    """As _confine for reads, recording the refusal on the chain like any other denial."""
+    if compartment is None or patient == compartment:
+        return
+    if id_kind(patient) == "patient" and ctx.ws.node.store.get("patient", patient) is not None:
+        await ctx.call(ctx.fhir.refuse, actor, resource_type, fhir_id, patient)
+    _confine(compartment, patient)
+
+
+def _body_patient(body: Any) -> str | None:
+    """The patient a resource body names in subject or patient, for the scope check."""
+    if not isinstance(body, dict):
+        return None
+    for element in ("subject", "patient"):
+        ref = body.get(element)
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            rtype, _, rid = ref["reference"].partition("/")
+            if rtype == "Patient":
+                return str(rid).split("/")[0]
+    return None
 
 
 async def _json_body(ctx: ApiContext, request: Request) -> Any:
@@ -259,8 +299,15 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
         if not isinstance(bundle, dict):
             raise ApiError(400, "structure", "the body must be a Bundle")
 
+        def may_write(resource_type: str) -> bool:
+            # A Bundle may register patients and span several: it needs user/ scopes.
+            try:
+                return session.info.compartment(resource_type, "write") is None
+            except OutsideCompartment:
+                return False
+
         def run() -> list[Any]:
-            return ctx.fhir.transaction(actor, bundle, lambda t: session.info.allows(t, "write"))
+            return ctx.fhir.transaction(actor, bundle, may_write)
 
         outcomes = await ctx.call(run, exclusive=True)
         entries = [
@@ -282,7 +329,8 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
     async def everything(
         request: Request, patient_id: str, shape: Literal["r4", "satusehat"] = "r4"
     ) -> Response:
-        actor = await _scope(ctx, request, "Patient", "read")
+        actor, compartment = await _scope(ctx, request, "Patient", "read")
+        await _confine_read(ctx, actor, compartment, patient_id, None, None)
         if shape == "satusehat":
             # Loaded before any read, so a node without a mapping audits nothing in vain.
             mapping = SatusehatMapping.load(ctx.ws.datadir.root)
@@ -295,14 +343,18 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
     @router.get("/{resource_type}", summary="Search a resource type")
     async def search(request: Request, resource_type: str) -> Response:
         _check_type(resource_type)
-        actor = await _scope(ctx, request, resource_type, "read")
+        actor, compartment = await _scope(ctx, request, resource_type, "read")
         if resource_type in RECORD_TYPES:
             params = _parse_search(ctx, resource_type, request)
+            if compartment is not None:
+                wanted = params.patient or compartment
+                await _confine_read(ctx, actor, compartment, wanted, resource_type, None)
+                params.patient = compartment
             result = await ctx.call(ctx.fhir.search, actor, resource_type, params)
             links = _paging_links(request, resource_type, params, result.total)
             resources = [h.resource for h in result.hits]
             return fhir_response(_bundle(request, "searchset", resources, result.total, links))
-        resources = await ctx.call(_view_search, ctx, actor, resource_type, request)
+        resources = await ctx.call(_view_search, ctx, actor, resource_type, request, compartment)
         return fhir_response(_bundle(request, "searchset", resources, len(resources)))
 
     @router.post("/{resource_type}", summary="Create a resource", openapi_extra=_BODY)
@@ -310,18 +362,22 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
         _check_type(resource_type)
         if resource_type not in RECORD_TYPES:
             raise ApiError(405, "not-supported", "this type is a read-only view of the ledger")
-        actor = await _scope(ctx, request, resource_type, "write")
+        actor, compartment = await _scope(ctx, request, resource_type, "write")
         body = await _json_body(ctx, request)
+        _confine(compartment, None if resource_type == "Patient" else _body_patient(body))
         version = await ctx.call(ctx.fhir.create, actor, resource_type, body)
         return fhir_response(version.resource, 201, _version_headers(request, version))
 
     @router.get("/{resource_type}/{fhir_id}", summary="Read a resource")
     async def read(request: Request, resource_type: str, fhir_id: str) -> Response:
         _check_type(resource_type)
-        actor = await _scope(ctx, request, resource_type, "read")
+        actor, compartment = await _scope(ctx, request, resource_type, "read")
         if resource_type not in RECORD_TYPES:
-            resource = await ctx.call(_view_read, ctx, actor, resource_type, fhir_id)
+            resource = await ctx.call(_view_read, ctx, actor, resource_type, fhir_id, compartment)
             return fhir_response(resource)
+        if compartment is not None:
+            owner = await ctx.call(ctx.fhir.patient_of, resource_type, fhir_id)
+            await _confine_read(ctx, actor, compartment, owner, resource_type, fhir_id)
         version = await ctx.call(ctx.fhir.read, actor, resource_type, fhir_id)
         return fhir_response(version.resource, 200, _version_headers(request, version))
 
@@ -330,8 +386,11 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
         _check_type(resource_type)
         if resource_type not in RECORD_TYPES:
             raise ApiError(405, "not-supported", "this type is a read-only view of the ledger")
-        actor = await _scope(ctx, request, resource_type, "write")
+        actor, compartment = await _scope(ctx, request, resource_type, "write")
         body = await _json_body(ctx, request)
+        if compartment is not None:
+            owner = await ctx.call(ctx.fhir.patient_of, resource_type, fhir_id)
+            _confine(compartment, owner)  # a refused write is not a read: no access event
         version = await ctx.call(ctx.fhir.update, actor, resource_type, fhir_id, body)
         return fhir_response(version.resource, 200, _version_headers(request, version))
 
@@ -340,7 +399,10 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
         _check_type(resource_type)
         if resource_type not in RECORD_TYPES:
             raise ApiError(404, "not-supported", "views of the ledger have no version history")
-        actor = await _scope(ctx, request, resource_type, "read")
+        actor, compartment = await _scope(ctx, request, resource_type, "read")
+        if compartment is not None:
+            owner = await ctx.call(ctx.fhir.patient_of, resource_type, fhir_id)
+            await _confine_read(ctx, actor, compartment, owner, resource_type, fhir_id)
         versions = await ctx.call(ctx.fhir.history, actor, resource_type, fhir_id)
         return fhir_response(
             _bundle(request, "history", [v.resource for v in versions], len(versions))
@@ -353,28 +415,36 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
         _check_type(resource_type)
         if resource_type not in RECORD_TYPES:
             raise ApiError(404, "not-supported", "views of the ledger have no versions")
-        actor = await _scope(ctx, request, resource_type, "read")
+        actor, compartment = await _scope(ctx, request, resource_type, "read")
         if not version_id.isdigit() or len(version_id) > 9:
             raise ApiError(404, "not-found", "unknown version")
+        if compartment is not None:
+            owner = await ctx.call(ctx.fhir.patient_of, resource_type, fhir_id)
+            await _confine_read(ctx, actor, compartment, owner, resource_type, fhir_id)
         version = await ctx.call(ctx.fhir.read, actor, resource_type, fhir_id, int(version_id))
         return fhir_response(version.resource, 200, _version_headers(request, version))
 
     return router
 
 
-def _view_read(ctx: ApiContext, actor: Actor, resource_type: str, fhir_id: str) -> Any:
+def _view_read(
+    ctx: ApiContext, actor: Actor, resource_type: str, fhir_id: str, compartment: str | None
+) -> Any:
     views = ctx.views
+    # Directory entries belong to no patient: patient scopes do not confine them.
     if resource_type == "Practitioner":
         return views.practitioner(fhir_id)
     if resource_type == "Organization":
         return views.organization(fhir_id)
     if resource_type == "Consent":
-        return views.consent(actor, fhir_id)
+        consent = views.consent(actor, fhir_id)
+        _confine(compartment, consent["patient"]["reference"].split("/", 1)[1])
+        return consent
     raise ApiError(404, "not-supported", "read this view by search (patient or target)")
 
 
 def _view_search(
-    ctx: ApiContext, actor: Actor, resource_type: str, request: Request
+    ctx: ApiContext, actor: Actor, resource_type: str, request: Request, compartment: str | None
 ) -> list[dict[str, Any]]:
     allowed = _VIEW_SEARCH[resource_type]
     params = dict(request.query_params)
@@ -391,12 +461,16 @@ def _view_search(
         rtype, _, fhir_id = target.partition("/")
         if rtype not in RECORD_TYPES or not fhir_id:
             raise ApiError(400, "required", "Provenance search needs target=Type/id")
-        return views.provenance(actor, rtype, fhir_id.split("/_history")[0])
+        fhir_id = fhir_id.split("/_history")[0]
+        if compartment is not None:
+            _confine(compartment, ctx.fhir.patient_of(rtype, fhir_id))
+        return views.provenance(actor, rtype, fhir_id)
     patient = _patient_param(params.get("patient", ""))
     if id_kind(patient) != "patient":
-        if actor.kind != "patient":
+        if compartment is None and actor.kind != "patient":
             raise ApiError(400, "required", f"{resource_type} search needs patient")
-        patient = actor.id
+        patient = compartment or actor.id
+    _confine(compartment, patient)
     if resource_type == "Consent":
         return views.consents(actor, patient)
     return views.audit_events(actor, patient)

@@ -67,6 +67,10 @@ def token(
     ] = None,
     expires: Annotated[str, typer.Option(help="Lifetime: e.g. 30m, 8h, 7d.")] = "8h",
     label: Annotated[str, typer.Option(help="A note for `rekam token list`.")] = "",
+    patient: Annotated[
+        str | None,
+        typer.Option(help="The patient in context for patient/ scopes (p-...; patients: self)."),
+    ] = None,
     passphrase_env: Annotated[
         str | None,
         typer.Option("--passphrase-env", help="Environment variable holding the passphrase."),
@@ -93,6 +97,7 @@ def token(
                 now=now_ms(),
                 expires_in_ms=_duration_ms(expires),
                 label=label,
+                patient=patient,
             )
         finally:
             store.close()

@@ -326,6 +326,40 @@ class FhirService:
             raise NotFoundError(f"unknown {resource_type}")
         return fhir_id, dict(row)
 
+    def patient_of(self, resource_type: str, fhir_id: str) -> str:
+        """The patient a resource belongs to (chain metadata; nothing is read or audited)."""
+        return str(self._record_of(resource_type, fhir_id)[1]["patient"])
+
+    def refuse(
+        self, actor: Actor, resource_type: str | None, fhir_id: str | None, patient: str
+    ) -> int:
+        """Put refused reads on the chain (the API refused them by token scope, not consent).
+
+        Covers one resource (all its versions' head) or, without ``fhir_id``, every record of
+        the patient of that type (every record when ``resource_type`` is None); returns how
+        many denials were committed.
+        """
+        if fhir_id is not None and resource_type is not None:
+            targets = [self._record_of(resource_type, fhir_id)]
+        else:
+            where = {"patient": patient}
+            if resource_type is not None:
+                where["resource_type"] = resource_type
+            targets = [(str(k), dict(r)) for k, r in self._store.query("record", where)]
+        for record_id, row in targets:
+            body = {
+                "patient": str(row["patient"]),
+                "record": record_id,
+                "version": int(row["version"]),
+                "accessor": actor.id,
+                "allowed": False,
+                "basis": "none",
+                "basis_ref": None,
+                "purpose": "own" if actor.id == row["patient"] else "treatment",
+            }
+            self.ws.submit(actor, "access.read", body)
+        return len(targets)
+
     @staticmethod
     def fhir_id_of(record_id: str, row: Mapping[str, Any]) -> str:
         """The FHIR id a record is served under."""

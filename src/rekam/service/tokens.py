@@ -88,6 +88,11 @@ def default_scopes(principal: str) -> str:
     return "patient/*.*" if id_kind(principal) == "patient" else "user/*.*"
 
 
+class OutsideCompartment(Exception):
+    """No scope covers the access: none names the type and mode, or only ``patient/``
+    scopes do and the token has no patient in context."""
+
+
 @dataclass(frozen=True)
 class TokenInfo:
     """A token's stored metadata (never its secret)."""
@@ -99,10 +104,24 @@ class TokenInfo:
     expires: int
     revoked: bool
     label: str
+    patient: str | None = None  # the patient in context for ``patient/`` scopes
 
     def allows(self, resource_type: str, mode: str) -> bool:
-        """True when some scope covers this access (the consent rules still apply after)."""
+        """True when some scope covers this type and mode (the consent rules apply after)."""
         return any(s.allows(resource_type, mode) for s in self.scopes)
+
+    def compartment(self, resource_type: str, mode: str) -> str | None:
+        """None when a ``user/`` or ``system/`` scope covers the access; the context patient
+        when only ``patient/`` scopes do (the access must stay in that patient's data).
+
+        Raises OutsideCompartment when nothing covers it.
+        """
+        covering = [s for s in self.scopes if s.allows(resource_type, mode)]
+        if any(s.context != "patient" for s in covering):
+            return None
+        if covering and self.patient is not None:
+            return self.patient
+        raise OutsideCompartment()
 
 
 @dataclass(frozen=True)
@@ -129,7 +148,7 @@ class TokenStore:
                 "CREATE TABLE IF NOT EXISTS token (id TEXT PRIMARY KEY, principal TEXT NOT NULL,"
                 " scopes TEXT NOT NULL, issued INTEGER NOT NULL, expires INTEGER NOT NULL,"
                 " revoked INTEGER NOT NULL, label TEXT NOT NULL, secret_hash TEXT NOT NULL,"
-                " sealed TEXT)"
+                " sealed TEXT, patient TEXT)"
             )
         path.chmod(0o600)
 
@@ -147,10 +166,13 @@ class TokenStore:
         now: int,
         expires_in_ms: int,
         label: str = "",
+        patient: str | None = None,
     ) -> str:
         """Check the passphrase opens the principal's keystore, then store and return a token.
 
         Organisations local to the node need no passphrase (the node holds their keys).
+        ``patient`` is the patient in context for ``patient/`` scopes; a patient's own
+        token always has themself in context.
         """
         parsed = parse_scopes(scopes)
         if not 0 < expires_in_ms <= MAX_EXPIRY_MS:
@@ -170,12 +192,16 @@ class TokenStore:
             )
         else:
             raise TokenError("tokens are issued to organisations, members and patients")
+        if kind == "patient":
+            patient = principal
+        elif patient is not None and id_kind(patient) != "patient":
+            raise ScopeError("the patient in context must be a patient id (p-...)")
         token_id = "t-" + secrets.token_hex(16)
         key, sealed = seal((passphrase or "").encode("utf-8"), token_id.encode("ascii"))
         secret = b64e(key)
         with self._lock:
             self._db.execute(
-                "INSERT INTO token VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                "INSERT INTO token VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
                 (
                     token_id,
                     principal,
@@ -185,6 +211,7 @@ class TokenStore:
                     label,
                     hashlib.sha256(key).hexdigest(),
                     b64e(sealed),
+                    patient,
                 ),
             )
         return f"{token_id}.{secret}"
@@ -193,12 +220,14 @@ class TokenStore:
         with self._lock:
             row = self._db.execute(
                 "SELECT id, principal, scopes, issued, expires, revoked, label, secret_hash,"
-                " sealed FROM token WHERE id = ?",
+                " sealed, patient FROM token WHERE id = ?",
                 (token_id,),
             ).fetchone()
         if row is None:
             return None
-        info = TokenInfo(row[0], row[1], parse_scopes(row[2]), row[3], row[4], bool(row[5]), row[6])
+        info = TokenInfo(
+            row[0], row[1], parse_scopes(row[2]), row[3], row[4], bool(row[5]), row[6], row[9]
+        )
         return info, row[7], row[8]
 
     def list(self) -> list[TokenInfo]:
