@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import sqlite3
@@ -240,8 +241,10 @@ class IdentifierIndex:
         key_path = root / "secrets" / "fhir-index.key"
         key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not key_path.is_file():
-            key_path.write_bytes(secrets.token_bytes(32))
-            key_path.chmod(0o600)
+            # Created owner-only from the start: the key is what keeps the index opaque.
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_bytes(32))
         self._key = key_path.read_bytes()
         path = root / "api" / "index.db"
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
