@@ -47,6 +47,7 @@ def test_serve_token_and_revoke(demo_template: Path, tmp_path: Path) -> None:
         env=ENV,
     )
     base = f"http://127.0.0.1:{port}"
+    nik = "not-yet-known"
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -66,6 +67,14 @@ def test_serve_token_and_revoke(demo_template: Path, tmp_path: Path) -> None:
         own = httpx.get(f"{base}/fhir/Condition", headers=bearer, timeout=30)
         assert own.status_code == 200, own.text
         assert own.json()["total"] >= 1
+        patient = httpx.get(f"{base}/fhir/Patient", headers=bearer, timeout=30).json()
+        nik = patient["entry"][0]["resource"]["identifier"][0]["value"]
+        found = httpx.get(f"{base}/fhir/Patient?identifier={nik}", headers=bearer, timeout=30)
+        assert found.status_code == 200
+        bad = httpx.post(
+            f"{base}/fhir/Observation", content=b'{"resourceType":', headers=bearer, timeout=30
+        )
+        assert bad.status_code == 403  # a read-only token: refused before the body is parsed
         subprocess.run(
             [*REKAM, "token", "revoke", "--data-dir", str(root), token.split(".")[0]],
             env=ENV,
@@ -77,8 +86,10 @@ def test_serve_token_and_revoke(demo_template: Path, tmp_path: Path) -> None:
         assert refused.status_code == 401
     finally:
         server.terminate()
-        _, err = server.communicate(timeout=30)
+        out, err = server.communicate(timeout=30)
     assert b"Traceback" not in err
+    # No access log: the searched identifier (a NIK) must not reach the server's output.
+    assert nik.encode() not in out + err
 
 
 def test_token_cli_refuses_a_wrong_passphrase_and_bad_scopes(
