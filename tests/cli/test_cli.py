@@ -42,6 +42,11 @@ COMMANDS = [
     ["member", "revoke"],
     ["patient", "register"],
     ["keys", "rotate"],
+    ["serve"],
+    ["token"],
+    ["token", "revoke"],
+    ["token", "list"],
+    ["bench", "api"],
 ]
 
 

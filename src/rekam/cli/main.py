@@ -42,12 +42,14 @@ app.add_typer(keys_app, name="keys")
 
 def _register_actions() -> None:
     from rekam.cli.actions import consent_app, keys_rotate, member_app, patient_app, record_app
+    from rekam.cli.serve import register
 
     app.add_typer(record_app, name="record")
     app.add_typer(consent_app, name="consent")
     app.add_typer(member_app, name="member")
     app.add_typer(patient_app, name="patient")
     keys_app.command("rotate")(keys_rotate)
+    register(app, bench_app)
 
 
 console = Console()
