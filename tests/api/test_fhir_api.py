@@ -423,3 +423,21 @@ def test_patient_scopes_confine_a_member_to_the_patient_in_context(api: Api) -> 
     assert api.client.post("/fhir/Observation", json=obs, headers=headers).status_code == 403
     no_context = api.headers("dokter-melati", "patient/*.read")
     assert api.client.get(f"/fhir/Patient/{p1}", headers=no_context).status_code == 403
+
+
+def test_a_read_refused_by_scope_is_recorded_for_the_patient(api: Api) -> None:
+    pid = api.patient_id(1)
+    member = api.principal("dokter-melati")[0]
+    full = api.headers("dokter-melati", "user/*.read")
+    found = api.client.get(f"/fhir/Condition?patient={pid}", headers=full).json()
+    condition = found["entry"][0]["resource"]["id"]
+    narrow = api.headers("dokter-melati", "user/Observation.read")
+    before = len(api.events(pid))
+    assert api.client.get(f"/fhir/Condition/{condition}", headers=narrow).status_code == 403
+    refused = [e for e in api.events(pid)[before:] if e.kind == "access.read"]
+    assert [(e.actor, e.allowed, e.record) for e in refused] == [(member, False, condition)]
+    # An unknown id names nobody's data: refused, nothing recorded.
+    height = _height(api)
+    unknown = "r-" + "0" * 32
+    assert api.client.get(f"/fhir/Condition/{unknown}", headers=narrow).status_code == 403
+    assert _height(api) == height

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from rekam.api.outcome import FHIR_JSON, ApiError, fhir_response
 from rekam.ledger.tx import id_kind
+from rekam.service.errors import ServiceError
 from rekam.service.fhir_store import (
     FHIR_TYPES,
     RECORD_TYPES,
@@ -50,14 +51,41 @@ def _check_type(resource_type: str) -> None:
 
 
 async def _scope(
-    ctx: ApiContext, request: Request, resource_type: str, mode: str
+    ctx: ApiContext,
+    request: Request,
+    resource_type: str,
+    mode: str,
+    fhir_id: str | None = None,
 ) -> tuple[Actor, str | None]:
-    """The acting principal, and the patient it is confined to by ``patient/`` scopes."""
+    """The acting principal, and the patient it is confined to by ``patient/`` scopes.
+
+    A read the token's scopes do not cover is refused; when it names a record (``fhir_id``)
+    or, for a search, a patient, the refusal is put on the chain like any other denial, so
+    the patient sees the attempt.
+    """
     session, actor = await ctx.authenticate(request)
     try:
         return actor, session.info.compartment(resource_type, mode)
     except OutsideCompartment:
+        if mode == "read" and resource_type in RECORD_TYPES:
+            await ctx.call(_record_scope_denial, ctx, actor, resource_type, fhir_id, request)
         raise ApiError(403, "forbidden", f"the token's scopes do not allow {mode} here") from None
+
+
+def _record_scope_denial(
+    ctx: ApiContext, actor: Actor, resource_type: str, fhir_id: str | None, request: Request
+) -> None:
+    """Commit the denial of a read refused by scope, when it names a known patient's data."""
+    if fhir_id is not None:
+        try:
+            patient = ctx.fhir.patient_of(resource_type, fhir_id)
+        except ServiceError:
+            return  # no such record: nothing of anyone's was at stake
+    else:
+        patient = request.query_params.get("patient") or request.query_params.get("subject", "")
+        patient = patient.removeprefix("Patient/")
+    if id_kind(patient) == "patient" and ctx.ws.node.store.get("patient", patient) is not None:
+        ctx.fhir.refuse(actor, resource_type, fhir_id, patient)
 
 
 def _confine(compartment: str | None, patient: str | None) -> None:
@@ -371,7 +399,7 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
     @router.get("/{resource_type}/{fhir_id}", summary="Read a resource")
     async def read(request: Request, resource_type: str, fhir_id: str) -> Response:
         _check_type(resource_type)
-        actor, compartment = await _scope(ctx, request, resource_type, "read")
+        actor, compartment = await _scope(ctx, request, resource_type, "read", fhir_id)
         if resource_type not in RECORD_TYPES:
             resource = await ctx.call(_view_read, ctx, actor, resource_type, fhir_id, compartment)
             return fhir_response(resource)
@@ -399,7 +427,7 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
         _check_type(resource_type)
         if resource_type not in RECORD_TYPES:
             raise ApiError(404, "not-supported", "views of the ledger have no version history")
-        actor, compartment = await _scope(ctx, request, resource_type, "read")
+        actor, compartment = await _scope(ctx, request, resource_type, "read", fhir_id)
         if compartment is not None:
             owner = await ctx.call(ctx.fhir.patient_of, resource_type, fhir_id)
             await _confine_read(ctx, actor, compartment, owner, resource_type, fhir_id)
@@ -415,7 +443,7 @@ def build_fhir_router(ctx: ApiContext) -> APIRouter:
         _check_type(resource_type)
         if resource_type not in RECORD_TYPES:
             raise ApiError(404, "not-supported", "views of the ledger have no versions")
-        actor, compartment = await _scope(ctx, request, resource_type, "read")
+        actor, compartment = await _scope(ctx, request, resource_type, "read", fhir_id)
         if not version_id.isdigit() or len(version_id) > 9:
             raise ApiError(404, "not-found", "unknown version")
         if compartment is not None:
