@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from rekam.ledger.tx import id_kind
 from rekam.service.workspace import Actor, Workspace
 
 record_app = typer.Typer(
@@ -42,9 +43,13 @@ def _demo_credentials(root: Path) -> dict[str, Any]:
     return creds
 
 
-def resolve_actor(ws: Workspace, who: str, passphrase_env: str | None) -> Actor:
-    """Unlock the acting principal from an id or a demo name."""
-    creds = _demo_credentials(ws.datadir.root)
+def resolve_principal(root: Path, who: str, passphrase_env: str | None) -> tuple[str, str | None]:
+    """A principal id and its passphrase, from an id or a demo name of the folder at ``root``.
+
+    The passphrase comes from ``passphrase_env`` when given, else from the demo credentials,
+    else from a prompt; organisations (whose keys the node holds) need none.
+    """
+    creds = _demo_credentials(root)
     principal, passphrase = who, None
     members = creds.get("members", {})
     patients = creds.get("patients", [])
@@ -57,14 +62,22 @@ def resolve_actor(ws: Workspace, who: str, passphrase_env: str | None) -> Actor:
         for entry in [*members.values(), *patients]:
             if entry["id"] == who:
                 passphrase = entry["passphrase"]
-    if principal in ws.org_identities:
-        return ws.actor(principal)
+    if id_kind(principal) not in ("member", "patient"):
+        return principal, None
     if passphrase_env:
         passphrase = os.environ.get(passphrase_env) or None
         if passphrase is None:
             raise typer.BadParameter(f"environment variable {passphrase_env} is empty or unset")
     if passphrase is None:
         passphrase = str(typer.prompt(f"passphrase for {principal}", hide_input=True))
+    return principal, passphrase
+
+
+def resolve_actor(ws: Workspace, who: str, passphrase_env: str | None) -> Actor:
+    """Unlock the acting principal from an id or a demo name."""
+    principal, passphrase = resolve_principal(ws.datadir.root, who, passphrase_env)
+    if principal in ws.org_identities:
+        return ws.actor(principal)
     return ws.actor(principal, passphrase)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+
+from rekam.cli.actions import resolve_principal
 
 token_app = typer.Typer(
     help="Issue a bearer token for the API (a member, patient or local organisation); "
@@ -25,31 +26,6 @@ def _duration_ms(text: str) -> int:
     if match is None:
         raise typer.BadParameter("use a number with s, m, h or d, e.g. 8h or 30d")
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
-
-
-def _resolve(root: Path, who: str, passphrase_env: str | None) -> tuple[str, str | None]:
-    """A principal id and passphrase from an id or a demo name (as ``--as`` elsewhere)."""
-    path = root / "demo-credentials.json"
-    creds: dict[str, Any] = json.loads(path.read_text("utf-8")) if path.is_file() else {}
-    members, patients = creds.get("members", {}), creds.get("patients", [])
-    principal, passphrase = who, None
-    if who in members:
-        principal, passphrase = members[who]["id"], members[who]["passphrase"]
-    elif who.startswith("patient-") and who[8:].isdigit() and 0 < int(who[8:]) <= len(patients):
-        entry = patients[int(who[8:]) - 1]
-        principal, passphrase = entry["id"], entry["passphrase"]
-    else:
-        for entry in [*members.values(), *patients]:
-            if entry["id"] == who:
-                passphrase = entry["passphrase"]
-    if principal.startswith(("m-", "p-")) and (passphrase is None or passphrase_env):
-        if passphrase_env:
-            passphrase = os.environ.get(passphrase_env) or None
-            if passphrase is None:
-                raise typer.BadParameter(f"environment variable {passphrase_env} is empty")
-        else:
-            passphrase = str(typer.prompt(f"passphrase for {principal}", hide_input=True))
-    return principal, passphrase
 
 
 @token_app.callback(invoke_without_command=True)
@@ -86,7 +62,7 @@ def token(
     from rekam.service.node import now_ms
     from rekam.service.tokens import ScopeError, TokenError, TokenStore, default_scopes
 
-    principal, passphrase = _resolve(data_dir, who, passphrase_env)
+    principal, passphrase = resolve_principal(data_dir, who, passphrase_env)
     try:
         store = TokenStore(data_dir)
         try:
