@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,8 @@ __all__ = [
     "FhirValidationError",
     "ValidatedResource",
     "content_bytes",
+    "json_references",
+    "map_references",
     "patient_reference",
     "references",
     "validate_resource",
@@ -629,8 +631,13 @@ def references(resource: ValidatedResource) -> list[str]:
     Includes references inside extensions and contained resources, and local ones such as
     ``"#med1"``; e.g. ``["Patient/abc", "Practitioner/dr-1"]``.
     """
+    return json_references(resource.data)
+
+
+def json_references(node: Any) -> list[str]:
+    """Every ``reference`` string in FHIR JSON (validated or not), in document order, once."""
     found: dict[str, None] = {}
-    stack: list[Any] = [resource.data]
+    stack: list[Any] = [node]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
@@ -641,6 +648,20 @@ def references(resource: ValidatedResource) -> list[str]:
         elif isinstance(node, list):
             stack.extend(reversed(node))
     return list(found)
+
+
+def map_references(node: Any, rewrite: Callable[[str], str]) -> Any:
+    """A copy of FHIR JSON with every ``reference`` string replaced by ``rewrite(reference)``."""
+    if isinstance(node, Mapping):
+        return {
+            key: rewrite(value)
+            if key == "reference" and isinstance(value, str)
+            else map_references(value, rewrite)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [map_references(value, rewrite) for value in node]
+    return node
 
 
 def patient_reference(resource: ValidatedResource) -> str | None:

@@ -35,6 +35,8 @@ from rekam.ledger.rules import CARE_PURPOSES, CLINICAL_ROLES, REGISTRAR_ROLES, a
 from rekam.ledger.tx import RESOURCE_TYPES, id_kind
 from rekam.records.fhir import (
     FhirValidationError,
+    json_references,
+    map_references,
     patient_reference,
     references,
     validate_resource,
@@ -724,7 +726,7 @@ class FhirService:
         try:
             for i in order:
                 entry = entries[i]
-                resource = _replace_refs(entry["resource"], resolved)
+                resource = map_references(entry["resource"], lambda r: resolved.get(r, r))
                 rtype = resource["resourceType"]
                 method, url = entry["method"], entry["url"]
                 if method == "PUT":
@@ -795,7 +797,7 @@ class FhirService:
         by_url = {e["fullUrl"]: i for i, e in enumerate(entries) if e["fullUrl"]}
         deps = []
         for entry in entries:
-            refs = _refs_in(entry["resource"])
+            refs = json_references(entry["resource"])
             deps.append({by_url[r] for r in refs if r in by_url})
         order: list[int] = []
         state = [0] * len(entries)
@@ -831,12 +833,14 @@ class FhirService:
             if not may_write(rtype):
                 raise AccessDenied(f"Bundle.entry[{n}]: the token's scopes do not allow this")
             try:
-                validated = validate_resource(_replace_refs(entry["resource"], stand_in), rtype)
+                validated = validate_resource(
+                    map_references(entry["resource"], lambda r: stand_in.get(r, r)), rtype
+                )
             except FhirValidationError as exc:
                 raise InvalidContentError(
                     f"Bundle.entry[{n}]: invalid FHIR resource", exc.issues
                 ) from None
-            original_refs = _refs_in(entry["resource"])
+            original_refs = json_references(entry["resource"])
             for ref in original_refs:
                 if (ref.startswith("urn:") and ref not in urls) or (
                     ref in urls and urls[ref] not in FHIR_TYPES
@@ -889,32 +893,3 @@ class FhirService:
             self.ws.records.basis_for(actor.id, patient, None, resource_type, p) is not None
             for p in sorted(CARE_PURPOSES)
         )
-
-
-def _refs_in(node: Any) -> list[str]:
-    found: list[str] = []
-    if isinstance(node, Mapping):
-        ref = node.get("reference")
-        if isinstance(ref, str):
-            found.append(ref)
-        for value in node.values():
-            found.extend(_refs_in(value))
-    elif isinstance(node, list):
-        for value in node:
-            found.extend(_refs_in(value))
-    return found
-
-
-def _replace_refs(node: Any, mapping: Mapping[str, str]) -> Any:
-    """A copy with every ``reference`` that names a Bundle fullUrl replaced by its new id."""
-    if isinstance(node, Mapping):
-        out = {}
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str) and value in mapping:
-                out[key] = mapping[value]
-            else:
-                out[key] = _replace_refs(value, mapping)
-        return out
-    if isinstance(node, list):
-        return [_replace_refs(v, mapping) for v in node]
-    return node

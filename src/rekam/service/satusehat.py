@@ -17,13 +17,13 @@ The mapping is node-local configuration, never on the chain (IHS numbers identif
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rekam.records.fhir import map_references
 from rekam.service.errors import InvalidContentError
 
 ENCOUNTER_ID_SYSTEM = "http://sys-ids.kemkes.go.id/encounter/{org}"
@@ -76,25 +76,11 @@ def _strings(value: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
-def _rewrite(node: Any, mapping: SatusehatMapping) -> Any:
-    if isinstance(node, Mapping):
-        out = {}
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str):
-                out[key] = mapping.reference(value)
-            else:
-                out[key] = _rewrite(value, mapping)
-        return out
-    if isinstance(node, list):
-        return [_rewrite(v, mapping) for v in node]
-    return node
-
-
 def to_satusehat(
     resource: Mapping[str, Any], author_org: str | None, mapping: SatusehatMapping
 ) -> dict[str, Any]:
     """One resource in SATUSEHAT's shape; ``author_org`` is the chain org that wrote it."""
-    out: dict[str, Any] = _rewrite(copy.deepcopy(dict(resource)), mapping)
+    out: dict[str, Any] = map_references(resource, mapping.reference)
     if out.get("resourceType") == "Patient" and out.get("id") in mapping.patients:
         out["id"] = mapping.patients[out["id"]]
     if out.get("resourceType") != "Encounter" or author_org is None:
