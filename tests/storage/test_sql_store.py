@@ -504,6 +504,65 @@ def test_prefetch_gives_the_same_answers_as_get(open_stores: Factory) -> None:
     assert not warmed.tx_seen(tx_id(tx_bytes(f"t{n + 2}")))
 
 
+def test_fetch_reads_what_get_reads_without_touching_the_caches(open_stores: Factory) -> None:
+    n = MAX_PARAMS + 20
+    writer = open_stores()
+    _populate(writer, n)
+    store = open_stores()
+    wanted = {
+        "record": {f"r-{i:04d}" for i in range(0, n + 10)},
+        "member": {"m-0001", "m-none"},
+    }
+    tx_ids = [tx_id(tx_bytes(f"t{i}")) for i in range(0, n + 30, 3)]
+    rows, seen = store.fetch(wanted, tx_ids)
+    for table, keys in wanted.items():
+        assert set(rows[table]) == keys
+        for key in keys:
+            assert rows[table][key] == store.get(table, key), (table, key)
+    assert seen == {t: store.tx_seen(t) for t in tx_ids}
+    assert rows["record"]["r-0003"] == row("record", 3)
+    assert rows["member"]["m-none"] is None
+    # Nothing was cached by fetch: its rows belong to the caller.
+    other = open_stores()
+    other.fetch(wanted, tx_ids)
+    assert all(not cache for cache in other._rows.values())
+    assert not other._block_txs
+
+
+def test_stacked_reader_sees_pending_writes_over_its_fetched_memo(store: SqlChainStore) -> None:
+    from rekam.ledger.state import Delta, Stacked
+
+    g = init(store)
+    append(store, g, ["a"], delta(("record", "r-1", row("record", 1))))
+    pending = Delta()
+    pending.put("record", "r-1", row("record", 2))
+    pending.tx_ids.add(tx_id(tx_bytes("b")))
+    asked: list[str] = []
+
+    class Counting:
+        def get(self, table: str, key: str) -> object:
+            asked.append(key)
+            return store.get(table, key)
+
+        def tx_seen(self, tx: str) -> bool:
+            asked.append(tx)
+            return store.tx_seen(tx)
+
+        def fetch(self, wanted: object, tx_ids: object) -> object:
+            return store.fetch(wanted, tx_ids)  # type: ignore[arg-type]
+
+    view = Stacked(Counting(), [pending])  # type: ignore[arg-type]
+    view.prefetch({"record": ["r-1", "r-2"]}, [tx_id(tx_bytes("a")), tx_id(tx_bytes("c"))])
+    assert view.get("record", "r-1") == row("record", 2)  # the pending block wins
+    assert view.get("record", "r-2") is None
+    assert view.tx_seen(tx_id(tx_bytes("a")))  # stored
+    assert view.tx_seen(tx_id(tx_bytes("b")))  # pending
+    assert not view.tx_seen(tx_id(tx_bytes("c")))
+    assert asked == []  # everything was answered from the view's own memo
+    assert view.get("record", "r-9") is None  # not fetched: asked of the store
+    assert asked == ["r-9"]
+
+
 def test_caches_follow_the_stores_own_writes(store: SqlChainStore) -> None:
     g = init(store)
     store.prefetch({"record": ["r-1"], "org": ["clinic-b"]}, [tx_id(tx_bytes("a"))])

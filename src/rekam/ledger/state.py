@@ -154,6 +154,18 @@ class Prefetching(Protocol):
         ...
 
 
+Fetched = tuple[dict[str, dict[str, Row | None]], dict[str, bool]]
+
+
+@runtime_checkable
+class Fetching(Protocol):
+    """Optional: a reader that returns many rows at once without waiting for its writers."""
+
+    def fetch(self, wanted: Mapping[str, Iterable[str]], tx_ids: Iterable[str]) -> Fetched:
+        """The rows (None when absent) and whether each transaction id is taken, as of now."""
+        ...
+
+
 class Delta:
     """Rows written by one block, in order; later writes to a key replace earlier ones."""
 
@@ -210,11 +222,18 @@ class Stacked:
     A node validates block n+1 while block n is still being stored: the validator reads
     through the deltas of the blocks it validated but the store does not hold yet. A delta
     may stay on the stack after its block is stored (it then repeats what the base says).
+
+    With a ``Fetching`` base, ``prefetch`` reads the block's rows in one go into this reader's
+    own memo, without waiting for a block being written. Any base state that is at least as
+    new as the oldest delta is right under the deltas, so the memo needs no invalidation; it
+    lives as long as this reader, one block.
     """
 
     def __init__(self, base: StateReader, deltas: Sequence[Delta]) -> None:
         self.base = base
         self.deltas = tuple(reversed(deltas))  # newest first: the latest write wins
+        self._rows: dict[str, dict[str, Row | None]] = {}
+        self._seen: dict[str, bool] = {}
 
     def get(self, table: str, key: str) -> Row | None:
         """The newest pending row for the key, else the base row."""
@@ -222,15 +241,23 @@ class Stacked:
             row = delta.tables[table].get(key)
             if row is not None:
                 return row
+        memo = self._rows.get(table)
+        if memo is not None and key in memo:
+            return memo[key]
         return self.base.get(table, key)
 
     def tx_seen(self, tx_id: str) -> bool:
         """Taken by a pending block, or in the chain below them."""
-        return any(tx_id in d.tx_ids for d in self.deltas) or self.base.tx_seen(tx_id)
+        if any(tx_id in d.tx_ids for d in self.deltas):
+            return True
+        seen = self._seen.get(tx_id)
+        return self.base.tx_seen(tx_id) if seen is None else seen
 
     def prefetch(self, wanted: Mapping[str, Iterable[str]], tx_ids: Iterable[str]) -> None:
-        """Pass the warm-up on to the base (pending rows need none)."""
-        if isinstance(self.base, Prefetching):
+        """Read what a block will ask for: into the memo, or as the base's own warm-up."""
+        if isinstance(self.base, Fetching):
+            self._rows, self._seen = self.base.fetch(wanted, tx_ids)
+        elif isinstance(self.base, Prefetching):
             self.base.prefetch(wanted, tx_ids)
 
 

@@ -68,7 +68,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemy
 
 from rekam.encoding import canonical, parse
 from rekam.ledger.block import ZERO_HASH, Block, Checkpoint
-from rekam.ledger.state import TABLES, Delta, MemoryState, Row, TableSpec
+from rekam.ledger.state import TABLES, Delta, Fetched, MemoryState, Row, TableSpec
 from rekam.service.ports import (
     BlockIndex,
     CommittedTx,
@@ -417,6 +417,11 @@ class SqlChainStore:
         self._engine = engine
         self._begin_sql = begin_sql
         self._lock = threading.RLock()
+        # A second connection, for ``fetch`` only: a validator's reads need not wait while
+        # the previous block is written and synced on the main one (WAL readers and
+        # PostgreSQL readers do not block on a writer).
+        self._read_lock = threading.Lock()
+        self._reader: Connection | None = None
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._codecs = {spec.name: _Codec(spec) for spec in TABLES}
         # Cached rows by table, then key (None: known absent); see the module documentation.
@@ -481,6 +486,8 @@ class SqlChainStore:
         if self._closed:
             return
         self._closed = True
+        with self._read_lock:
+            self._close_reader()
         try:
             self._conn.close()
         finally:
@@ -686,6 +693,53 @@ class SqlChainStore:
             seen = self._raw_first(self._tx_one, {"k": tx_id}, "reading txs") is not None
             self._remember_tx(tx_id, seen)
             return seen
+
+    def fetch(self, wanted: Mapping[str, Iterable[str]], tx_ids: Iterable[str]) -> Fetched:
+        """The listed rows (None when absent) and transaction ids, read on the second
+        connection without the store's lock and without touching its caches.
+
+        Each query sees the latest committed state when it runs; a block committed meanwhile
+        may or may not show, which is fine for a caller that overlays the blocks it has not
+        seen stored (``Stacked``).
+        """
+        for table in wanted:
+            if table not in self._get_many:
+                raise KeyError(f"unknown state table {table}")
+        rows: dict[str, dict[str, Row | None]] = {}
+        seen: dict[str, bool] = {}
+        if not self._initialised and not self._refresh():
+            return rows, seen
+        with self._read_lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            try:
+                if self._reader is None:
+                    self._reader = self._engine.connect()
+                conn = self._reader
+                for table, keys in wanted.items():
+                    codec, order = self._codecs[table], self._codecs[table].order
+                    found: dict[str, Row | None] = dict.fromkeys(keys)
+                    for chunk in _chunks(sorted(found), MAX_PARAMS):
+                        for r in self._get_many[table].run(conn, chunk):
+                            key, row = codec.decode(zip(order, r, strict=True))
+                            found[key] = row
+                    rows[table] = found
+                ids = sorted(set(tx_ids))
+                for chunk in _chunks(ids, MAX_PARAMS):
+                    present = {r[0] for r in self._tx_many.run(conn, chunk)}
+                    seen.update((tx_id, tx_id in present) for tx_id in chunk)
+            except SQLAlchemyError as exc:
+                self._close_reader()
+                raise StoreError(f"reading state failed ({_db_detail(exc)})") from None
+        return rows, seen
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            try:
+                reader.close()
+            except SQLAlchemyError:
+                log.debug("closing the store's read connection failed", exc_info=False)
 
     @_serialised
     def prefetch(self, wanted: Mapping[str, Iterable[str]], tx_ids: Iterable[str]) -> None:
