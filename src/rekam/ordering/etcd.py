@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
@@ -50,6 +50,8 @@ MAX_BLOCK_BYTES = 1024 * 1024
 # Enough operations for one block's put, the head, the window trim and every pending delete;
 # etcd's default (--max-txn-ops 128) is too small and must be raised on every member.
 MIN_TXN_OPS = 1100
+# Submissions written together in one etcd transaction.
+SUBMIT_BATCH = 256
 
 
 class EtcdError(Exception):
@@ -331,6 +333,15 @@ class Keys:
         return self.pending + tx_id.encode()
 
 
+@dataclass
+class _Slot:
+    """One submission waiting for its batch to be written."""
+
+    tx: Transaction
+    done: threading.Event = field(default_factory=threading.Event)
+    error: EtcdError | None = None
+
+
 class EtcdOrderer:
     """Submit to etcd; follow the chain etcd orders; cut blocks while holding the lease."""
 
@@ -371,7 +382,12 @@ class EtcdOrderer:
         self.halted: str | None = None  # set when a split view stops this node
         self.etcd_error: str | None = None
         self.blocks_cut = 0
-        self._threads = [threading.Thread(target=self._follow, name="rekam-etcd-follow")]
+        self._submit_queue: list[_Slot] = []
+        self._submit_cond = threading.Condition()
+        self._threads = [
+            threading.Thread(target=self._follow, name="rekam-etcd-follow"),
+            threading.Thread(target=self._sender, name="rekam-etcd-submit"),
+        ]
         if cut_blocks:
             self._threads.append(threading.Thread(target=self._cutter, name="rekam-etcd-cut"))
 
@@ -387,25 +403,59 @@ class EtcdOrderer:
     # -- the Orderer port -----------------------------------------------------------------
 
     def submit(self, tx: Transaction) -> None:
-        """Write the transaction under its id; retried on timeouts (the key makes it once)."""
+        """Write the transaction under its id, then return; EtcdUnavailable past the deadline.
+
+        Concurrent submissions share one etcd transaction (up to ``SUBMIT_BATCH`` puts), so
+        many submitters cost one Raft round trip. A batch that times out is written again:
+        the keys are the transactions' ids, so a retry can never make a second copy.
+        """
         if self._stop.is_set():
             raise EtcdError("orderer is closed")
-        deadline = time.monotonic() + self._deadline
+        slot = _Slot(tx)
+        with self._submit_cond:
+            self._submit_queue.append(slot)
+            self._submit_cond.notify()
+        if not slot.done.wait(self._deadline + 5):
+            raise EtcdUnavailable("the ordering service did not answer in time")
+        if slot.error is not None:
+            raise slot.error
+
+    def _sender(self) -> None:
         while True:
-            try:
-                self.client.put(self.keys.tx(tx.tx_id), tx.raw)
-                return
-            except EtcdUnavailable as exc:
-                if time.monotonic() >= deadline:
-                    raise EtcdUnavailable(
-                        "the ordering service (etcd) has no reachable quorum; the transaction "
-                        "may or may not be queued: submit the same transaction again later"
-                    ) from exc
-                time.sleep(0.1)
+            with self._submit_cond:
+                while not self._submit_queue and not self._stop.is_set():
+                    self._submit_cond.wait(0.5)
+                if not self._submit_queue and self._stop.is_set():
+                    return
+                batch = self._submit_queue[:SUBMIT_BATCH]
+                del self._submit_queue[:SUBMIT_BATCH]
+            error: EtcdError | None = None
+            deadline = time.monotonic() + self._deadline
+            # etcd refuses a transaction that names one key twice.
+            unique = {s.tx.tx_id: s.tx.raw for s in batch}
+            ops = [op_put(self.keys.tx(t), raw) for t, raw in unique.items()]
+            while True:
+                try:
+                    self.client.txn([], ops)
+                    break
+                except EtcdUnavailable as exc:
+                    if time.monotonic() >= deadline or self._stop.is_set():
+                        error = EtcdUnavailable(
+                            "the ordering service (etcd) has no reachable quorum; the "
+                            "transaction may or may not be queued: submit it again later"
+                        )
+                        error.__cause__ = exc
+                        break
+                    time.sleep(0.1)
+            for slot in batch:
+                slot.error = error
+                slot.done.set()
 
     def close(self) -> None:
         """Stop following and cutting; give the leadership up at once."""
         self._stop.set()
+        with self._submit_cond:
+            self._submit_cond.notify_all()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=10)
