@@ -70,11 +70,21 @@ def run(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    loads: list[LoadGenerator] = []
+
+    # Testing: SIGUSR1 stops the load so a test can let the network settle; the handler is
+    # in place from the start (the default action would kill the process).
+    def stop_load(*_: object) -> None:
+        for each in loads:
+            threading.Thread(target=each.stop).start()
+
+    signal.signal(signal.SIGUSR1, stop_load)
     net = NetworkNode.open(data_dir, cut_blocks=cut)
     load = None
     try:
         if load_rate > 0:
             load = LoadGenerator(net, load_rate, load_log or data_dir / "acked.log")
+            loads.append(load)
             load.start()
         console.print(f"node {net.config.org} serving {net.config.url}; stop with SIGTERM")
         while not stop.wait(0.5):

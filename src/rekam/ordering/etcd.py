@@ -50,6 +50,8 @@ MAX_BLOCK_BYTES = 1024 * 1024
 # Enough operations for one block's put, the head, the window trim and every pending delete;
 # etcd's default (--max-txn-ops 128) is too small and must be raised on every member.
 MIN_TXN_OPS = 1100
+# How many blocks the cutter may run ahead of its own node's commits.
+PIPELINE = 2
 # Submissions written together in one etcd transaction.
 SUBMIT_BATCH = 256
 
@@ -382,6 +384,8 @@ class EtcdOrderer:
         self.halted: str | None = None  # set when a split view stops this node
         self.etcd_error: str | None = None
         self.blocks_cut = 0
+        self._last_cut: Head | None = None
+        self._inflight: dict[int, set[str]] = {}
         self._submit_queue: list[_Slot] = []
         self._submit_cond = threading.Condition()
         self._threads = [
@@ -572,6 +576,11 @@ class EtcdOrderer:
             [cmp_absent(self.keys.leader)],
             [op_put(self.keys.leader, self._org.encode(), self._lease)],
         )
+        if not won:
+            # An earlier campaign may have won without this node hearing the answer (a timeout,
+            # a member that died): the key is then held by this node's own lease.
+            holder = self.client.get(self.keys.leader)
+            won = holder is not None and holder.lease == self._lease
         if won:
             self.leading = True
             log.info("this node now cuts blocks")
@@ -587,10 +596,17 @@ class EtcdOrderer:
             base = Head(0, local.hash, local.time)
         else:
             base = head
-        # Cut only on top of a head this node has validated itself, so that already committed
-        # transactions can be dropped and the block links to a block known to be good.
-        if local.height != base.height or local.hash != base.hash:
+        # Cut only on top of a head this node has validated itself, or on top of the block it
+        # cut last (built from validated parts; its own commit of it may still be running), so
+        # that already ordered transactions can be dropped and the block links to a good block.
+        own = self._last_cut == base and base.height - local.height <= PIPELINE
+        if (local.height != base.height or local.hash != base.hash) and not own:
             return False
+        for height in [h for h in self._inflight if h <= local.height]:
+            del self._inflight[height]
+        if not own:
+            self._inflight.clear()
+        in_flight = set().union(*self._inflight.values()) if self._inflight else set()
         kvs = self.client.range(
             self.keys.pending, prefix_end(self.keys.pending), limit=self._max_txs, by_create=True
         )
@@ -612,7 +628,9 @@ class EtcdOrderer:
                 break
             size += len(kv.value)
             txs.append(tx)
-        done = self._chain.seen([tx.tx_id for tx in txs])
+        done = self._chain.seen([tx.tx_id for tx in txs]) | {
+            tx.tx_id for tx in txs if tx.tx_id in in_flight
+        }
         stale.extend(self.keys.tx(t) for t in done)
         fresh = [tx for tx in txs if tx.tx_id not in done]
         ops = [op_delete(k) for k in stale]
@@ -643,6 +661,8 @@ class EtcdOrderer:
         ok, _ = self.client.txn(compare, ops)
         if ok:
             self.blocks_cut += 1
+            self._last_cut = new_head
+            self._inflight[block.height] = {tx.tx_id for tx in fresh}
             if block.height % 500 == 0:
                 # etcd keeps every overwritten value until compacted; keep a margin of history
                 # so watchers and slow readers are not cut off.

@@ -146,6 +146,9 @@ class NetworkNode:
         self._stop = threading.Event()
         self._lock = threading.RLock()
         self._etcd = EtcdClient(config.etcd)
+        # Status duties use their own client with a short timeout, so a lost quorum does not
+        # keep the status file from being refreshed.
+        self._etcd_status = EtcdClient(config.etcd, timeout=0.5)
         self.orderer: EtcdOrderer | None = None
         self.ws: Workspace | None = None
         self._log: BlockLog | None = None
@@ -154,6 +157,7 @@ class NetworkNode:
         self._server: PeerServer | None = None
         self._peers: PeerClient | None = None
         self._status_thread: threading.Thread | None = None
+        self.load: LoadGenerator | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -211,6 +215,7 @@ class NetworkNode:
             self.ws.close()
         if self._peers is not None:
             self._peers.close()
+        self._etcd_status.close()
 
     def __enter__(self) -> NetworkNode:
         return self
@@ -410,6 +415,7 @@ class NetworkNode:
 
     def _status_loop(self) -> None:
         while not self._stop.wait(0.5):
+            self._write_status()
             try:
                 self._publish()
                 self._compare_checkpoints()
@@ -417,7 +423,6 @@ class NetworkNode:
                 log.debug("status: %s", exc)
             except Exception:
                 log.exception("network status duty failed")
-            self._write_status()
 
     def _publish(self) -> None:
         assert self.orderer is not None
@@ -430,21 +435,21 @@ class NetworkNode:
             "hash": head.hash,
             "seen": int(time.time()),
         }
-        self._etcd.put(keys.nodes + self.config.org.encode(), json.dumps(info).encode())
+        self._etcd_status.put(keys.nodes + self.config.org.encode(), json.dumps(info).encode())
         with self._lock:
             pending, self._to_publish = self._to_publish, []
         for checkpoint in pending:
             key = (
                 keys.checkpoints + b"%012d/" % checkpoint.body["height"] + self.config.org.encode()
             )
-            self._etcd.put(key, json.dumps(checkpoint.to_json()).encode())
+            self._etcd_status.put(key, json.dumps(checkpoint.to_json()).encode())
 
     def _compare_checkpoints(self) -> None:
         """Check others' checkpoints against this chain; a different head is a split view."""
         assert self.orderer is not None
         keys = self.orderer.keys
         head = self.workspace.node.head.height
-        for kv in self._etcd.range(keys.checkpoints, keys.checkpoints + b"%012d0" % head):
+        for kv in self._etcd_status.range(keys.checkpoints, keys.checkpoints + b"%012d0" % head):
             height_s, org = kv.key[len(keys.checkpoints) :].decode().split("/", 1)
             height = int(height_s)
             if org == self.config.org or (height, org) in self._ckpt_seen:
@@ -481,6 +486,7 @@ class NetworkNode:
             "halted": orderer.halted if orderer else None,
             "etcd_error": orderer.etcd_error if orderer else None,
             "alarms": list(self.alarms),
+            "load": self.load.stats() if self.load is not None else None,
             "pid": os.getpid(),
             "time": time.time(),
         }
@@ -515,8 +521,14 @@ class LoadGenerator:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="rekam-load", daemon=True)
 
+    def stats(self) -> dict[str, Any]:
+        """Acknowledged and refused counts (refusals by reason)."""
+        with self._lock:
+            return {"acked": self.acked, "refused": dict(self.refused)}
+
     def start(self) -> None:
         """Enrol the load member and patient, then submit at the set rate."""
+        self.net.load = self
         ws = self.net.workspace
         org = ws.actor(self.net.config.org)
         member = ws.admin.enrol_member(org, "doctor", "load-pass")
@@ -528,7 +540,8 @@ class LoadGenerator:
     def stop(self) -> None:
         """Stop submitting (outstanding futures still log when they resolve)."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def _tx(self) -> Transaction:
         ws = self.net.workspace
@@ -568,6 +581,8 @@ class LoadGenerator:
         node = self.net.workspace.node
         while not self._stop.wait(tick):
             for _ in range(per_tick):
+                if self._stop.is_set():
+                    break
                 tx = self._tx()
                 try:
                     future = node.submit(tx)
