@@ -24,9 +24,18 @@ from rekam.ordering.etcd_local import LocalEtcdCluster, free_ports
 from rekam.records import synthetic
 from rekam.service.datadir import DataDir
 from rekam.service.errors import AccessDenied
-from rekam.service.network import NetworkConfig, NetworkNode, create_network
+from rekam.service.network import (
+    NetworkConfig,
+    NetworkNode,
+    cosign,
+    create_network,
+    prepare_join,
+    propose_org,
+    submit_proposal,
+)
 from rekam.service.network_demo import run_network_demo
 from rekam.service.node import NotCommittedError
+from rekam.service.workspace import OrgSpec
 from tests.network.harness import ORGS, require_etcd, wait_for
 
 
@@ -250,3 +259,40 @@ def test_content_is_refused_to_a_node_without_a_key(tmp_path: Path, etcd: LocalE
         assert wb.node.blobs.get(rec.content_hash) is None
         with pytest.raises(AccessDenied):
             wb.records.read(other, rec.record)
+
+
+def test_a_new_organisation_needs_a_majority_then_its_node_joins(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    folders = _folders(tmp_path / "net", etcd, window=3)
+    a_dir, b_dir = folders["klinik-a"], folders["klinik-b"]
+    with NetworkNode.open(a_dir) as a:
+        for _ in range(5):
+            _enrol(a)  # more blocks than etcd's window: the new node needs its peers
+        lab = tmp_path / "lab-d"
+        request = prepare_join(
+            lab,
+            a_dir / "genesis.json",
+            OrgSpec("lab-d", "lab", "Lab D"),
+            etcd.endpoints,
+            f"127.0.0.1:{free_ports(1)[0]}",
+            kdf="fast",
+        )
+        store = a.workspace.node.store
+        # One signature of three organisations is no majority: refused, the id stays free.
+        alone = propose_org(a_dir, request)
+        tx_id = submit_proposal(a_dir, alone)
+        wait_for(lambda: store.get_tx(tx_id) is not None, 20, "the lone proposal's result")
+        record = store.get_tx(tx_id)
+        assert record is not None and not record.valid and record.code == "quorum"
+        assert store.get("org", "lab-d") is None
+        # Cosigned by a second organisation: two of three, a majority.
+        cosigned = cosign(b_dir, alone)
+        submit_proposal(a_dir, cosigned)
+        wait_for(lambda: store.get("org", "lab-d") is not None, 20, "the enrolment")
+        with NetworkNode.open(lab) as d:
+            assert d.orderer is not None and not d.orderer.leading
+            target = a.workspace.node.head
+            assert d.wait_for_height(target.height, 30)
+            assert d.block_hash(target.height) == target.hash
+            assert d.workspace.node.store.get("org", "lab-d") is not None

@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rekam.service.workspace import OrgSpec
+
 network_app = typer.Typer(help="Run Rekam as a network of nodes ordered by an etcd cluster.")
 console = Console()
 err = Console(stderr=True)
@@ -39,17 +41,77 @@ def create(
 ) -> None:
     """Found a network: genesis and one node folder (own keys only) per organisation."""
     from rekam.service.network import create_network
-    from rekam.service.workspace import OrgSpec
 
-    specs = []
-    for item in org:
-        parts = item.split(":", 2)
-        if len(parts) < 2:
-            raise _fail(f"--org {item!r}: expected slug:kind[:label]")
-        specs.append(OrgSpec(parts[0], parts[1], parts[2] if len(parts) > 2 else parts[0]))
+    specs = [_spec(item) for item in org]
     folders = create_network(out, network, specs, etcd, listen, kdf=kdf, window=window)
     for name, folder in folders.items():
         console.print(f"{name}: {folder}  (deliver this folder to {name} securely)")
+
+
+def _spec(item: str) -> OrgSpec:
+    parts = item.split(":", 2)
+    if len(parts) < 2:
+        raise _fail(f"--org {item!r}: expected slug:kind[:label]")
+    return OrgSpec(parts[0], parts[1], parts[2] if len(parts) > 2 else parts[0])
+
+
+@network_app.command("prepare-join")
+def prepare_join(
+    out: Annotated[Path, typer.Option("--out", help="The new node folder (empty).")],
+    genesis: Annotated[Path, typer.Option(help="The network's genesis.json.")],
+    org: Annotated[str, typer.Option(help="The new organisation as slug:kind[:label].")],
+    etcd: Annotated[list[str], typer.Option(help="etcd client URL; repeat for each member.")],
+    listen: Annotated[str, typer.Option(help="host:port of this node's peer API.")],
+    kdf: Annotated[str, typer.Option(help="Keystore cost: standard, or fast.")] = "standard",
+) -> None:
+    """A new organisation: make its keys and node folder; print its enrolment request."""
+    from rekam.service.network import prepare_join as run
+
+    request = run(out, genesis, _spec(org), etcd, listen, kdf=kdf)
+    path = out / "enrol-request.json"
+    path.write_text(json.dumps(request, indent=2) + "\n", "utf-8")
+    console.print(f"node folder {out}; send {path} (public keys only) to the network")
+
+
+@network_app.command("propose-org")
+def propose_org(
+    data_dir: Annotated[Path, typer.Option("--data-dir", "-d", help="An existing node folder.")],
+    request: Annotated[Path, typer.Option(help="The new organisation's enrol-request.json.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the proposal.")],
+) -> None:
+    """Propose enrolling an organisation: an org.enrol transaction signed by this node's org."""
+    from rekam.service.network import propose_org as run
+
+    proposal = run(data_dir, json.loads(request.read_text("utf-8")))
+    out.write_text(json.dumps(proposal, indent=2) + "\n", "utf-8")
+    console.print(f"proposal written to {out}; other organisations cosign it")
+
+
+@network_app.command("cosign")
+def cosign(
+    data_dir: Annotated[Path, typer.Option("--data-dir", "-d", help="This org's node folder.")],
+    proposal: Annotated[Path, typer.Argument(help="The proposal file (signed in place).")],
+) -> None:
+    """Add this organisation's signature to a proposal (a majority of orgs must sign)."""
+    from rekam.service.network import cosign as run
+
+    doc = json.loads(proposal.read_text("utf-8"))
+    console.print_json(json.dumps(doc["tx"]["body"]))
+    signed = run(data_dir, doc)
+    proposal.write_text(json.dumps(signed, indent=2) + "\n", "utf-8")
+    console.print(f"signed by: {', '.join(s['by'] for s in signed['sigs'])}")
+
+
+@network_app.command("submit")
+def submit(
+    data_dir: Annotated[Path, typer.Option("--data-dir", "-d", help="A node folder.")],
+    proposal: Annotated[Path, typer.Argument(help="The cosigned proposal.")],
+) -> None:
+    """Submit a cosigned proposal to the ordering service (every node then validates it)."""
+    from rekam.service.network import submit_proposal
+
+    tx_id = submit_proposal(data_dir, json.loads(proposal.read_text("utf-8")))
+    console.print(f"submitted transaction {tx_id}; watch it with rekam network status")
 
 
 @network_app.command("run")

@@ -27,26 +27,30 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rekam.encoding import b64d
+from rekam.crypto import Signer, load_identity
+from rekam.encoding import b64d, b64e, canonical
 from rekam.ledger._errors import LedgerError
-from rekam.ledger.block import Block, Checkpoint
+from rekam.ledger.block import Block, Checkpoint, Genesis, genesis_block
 from rekam.ledger.merkle import leaf_hash
-from rekam.ledger.tx import Transaction, make_tx, new_id
-from rekam.ledger.validate import BlockResult, TxResult, check_block
+from rekam.ledger.tx import SIGNING_DOMAIN, Transaction, make_tx, new_id, unsigned_tx
+from rekam.ledger.validate import BlockResult, TxResult, check_block, genesis_delta
 from rekam.net.peer import PeerClient, PeerError, PeerServer
 from rekam.ordering.etcd import EtcdClient, EtcdError, EtcdOrderer, Head, Keys, prefix_end
-from rekam.service.datadir import DataDir, DataDirError, _atomic_write
+from rekam.service.datadir import CONFIG_FORMAT, DataDir, DataDirError, _atomic_write
+from rekam.service.node import now_ms
 from rekam.service.proofs import BlockLog, block_leaf, results_root
 from rekam.service.workspace import OrgSpec, Workspace
+from rekam.storage import open_store
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +186,9 @@ class NetworkNode:
             )
             return net.orderer
 
+        genesis = Genesis.from_bytes(DataDir(root).genesis_path.read_bytes())
+        # Only the genesis orderers' keys may sign blocks; other organisations just follow.
+        cut_blocks = cut_blocks and cfg.org in genesis.orderers
         net.ws = Workspace.open(root, orderer_factory=factory)
         try:
             ws = net.ws
@@ -636,3 +643,99 @@ def cluster_view(root: Path) -> dict[str, Any]:
         return view
     finally:
         client.close()
+
+
+# -- adding an organisation ---------------------------------------------------------------
+#
+# A new organisation makes its own keys and node folder (``prepare_join``) and hands its
+# public keys to the network. An existing organisation proposes the ``org.enrol``
+# transaction, others cosign it until a majority of active organisations has signed (the
+# ledger's quorum rule), and any of them submits it to etcd. Once it is committed, the new
+# node catches up and takes part; it does not cut blocks (only genesis orderers sign blocks).
+
+
+def prepare_join(
+    out: Path,
+    genesis_file: Path,
+    spec: OrgSpec,
+    etcd: Sequence[str],
+    listen: str,
+    *,
+    kdf: str = "standard",
+) -> dict[str, str]:
+    """Create a new organisation's node folder and keys; returns its public enrolment request."""
+    spec.check()
+    genesis = Genesis.from_bytes(genesis_file.read_bytes())
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.iterdir()):
+        raise DataDirError(f"{out} is not empty; choose a new folder")
+    datadir = DataDir(out)
+    config: dict[str, Any] = {
+        "format": CONFIG_FORMAT,
+        "store": "sqlite:///chain.db",
+        "kdf": kdf,
+        "orderer": spec.org,
+        "orgs": {},
+        "network": genesis.network_id,
+    }
+    datadir.write_config(config)
+    passphrase = secrets.token_urlsafe(24)
+    sign_pub, enc_pub = datadir.create_keystore(spec.org, passphrase, label=spec.org)
+    secret = datadir.write_secret(spec.org, passphrase)
+    config["orgs"][spec.org] = (
+        f"{datadir.keystore_uri(spec.org)}?passphrase-file={secret.relative_to(out)}"
+    )
+    datadir.write_config(config)
+    datadir.set_label(spec.org, spec.label)
+    datadir.genesis_path.write_bytes(genesis.to_bytes())
+    store = open_store(datadir.store_url())
+    try:
+        store.initialise(genesis_block(genesis), genesis_delta(genesis))
+    finally:
+        store.close()
+    NetworkConfig(spec.org, list(etcd), listen).save(out)
+    return {
+        "org": spec.org,
+        "kind": spec.kind,
+        "sign_key": b64e(sign_pub),
+        "enc_key": b64e(enc_pub),
+    }
+
+
+def _org_signer(folder: Path) -> tuple[str, Signer, Genesis]:
+    config = NetworkConfig.load(folder)
+    uri = DataDir(folder).config()["orgs"][config.org]
+    genesis = Genesis.from_bytes(DataDir(folder).genesis_path.read_bytes())
+    return config.org, load_identity(uri, folder).signer, genesis
+
+
+def propose_org(folder: Path, request: Mapping[str, str]) -> dict[str, Any]:
+    """An ``org.enrol`` transaction for a request, signed by this folder's organisation."""
+    org, signer, genesis = _org_signer(folder)
+    body = {k: request[k] for k in ("org", "kind", "sign_key", "enc_key")}
+    tx = unsigned_tx(genesis.network_id, "org.enrol", org, body, now_ms())
+    return {"tx": tx, "sigs": [_signature(tx, org, signer)]}
+
+
+def cosign(folder: Path, proposal: Mapping[str, Any]) -> dict[str, Any]:
+    """Add this folder's organisation's signature to a proposal (read it before signing)."""
+    org, signer, _ = _org_signer(folder)
+    sigs = [s for s in proposal["sigs"] if s["by"] != org]
+    return {"tx": proposal["tx"], "sigs": [*sigs, _signature(proposal["tx"], org, signer)]}
+
+
+def _signature(tx: Mapping[str, Any], org: str, signer: Signer) -> dict[str, str]:
+    message = SIGNING_DOMAIN + canonical(tx)
+    return {"by": org, "key": b64e(signer.public_key), "sig": b64e(signer.sign(message))}
+
+
+def submit_proposal(folder: Path, proposal: Mapping[str, Any]) -> str:
+    """Submit a (cosigned) proposal to the ordering service; returns its transaction id."""
+    config = NetworkConfig.load(folder)
+    tx = Transaction.decode(canonical({"tx": proposal["tx"], "sigs": proposal["sigs"]}))
+    client = EtcdClient(config.etcd)
+    try:
+        client.put(Keys(tx.network).tx(tx.tx_id), tx.raw)
+    finally:
+        client.close()
+    return tx.tx_id
