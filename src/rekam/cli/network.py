@@ -124,9 +124,12 @@ def run(
         Path | None, typer.Option(help="Testing: append acknowledged tx ids here.")
     ] = None,
     cut: Annotated[bool, typer.Option(help="Campaign to cut blocks.")] = True,
+    commit_log: Annotated[
+        Path | None, typer.Option(help="Benchmarks: log each block's commit time and tx ids.")
+    ] = None,
 ) -> None:
     """Run a node until SIGTERM or Ctrl-C: follow etcd, validate, serve peers, cut blocks."""
-    from rekam.service.network import LoadGenerator, NetworkNode
+    from rekam.service.network import CommitLog, LoadGenerator, NetworkNode
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     stop = threading.Event()
@@ -142,6 +145,8 @@ def run(
 
     signal.signal(signal.SIGUSR1, stop_load)
     net = NetworkNode.open(data_dir, cut_blocks=cut)
+    if commit_log is not None:
+        net.workspace.node.add_listener(CommitLog(commit_log))
     load = None
     try:
         if load_rate > 0:

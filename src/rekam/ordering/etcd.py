@@ -155,6 +155,7 @@ class EtcdClient:
         limit: int = 0,
         by_create: bool = False,
         keys_only: bool = False,
+        serializable: bool = False,
     ) -> list[KeyValue]:
         """Keys from ``key`` up to (excluding) ``end``; ordered by key or creation."""
         body: dict[str, Any] = {"key": _b64(key)}
@@ -167,6 +168,8 @@ class EtcdClient:
             body["sort_target"] = "CREATE"
         if keys_only:
             body["keys_only"] = True
+        if serializable:
+            body["serializable"] = True
         reply = self.call("/v3/kv/range", body)
         return [self._kv(kv) for kv in reply.get("kvs", [])]
 
@@ -357,7 +360,7 @@ class EtcdOrderer:
         *,
         clock: Callable[[], int],
         max_txs: int = 1000,
-        max_wait: float = 0.02,
+        max_wait: float = 0.03,
         window: int = 1000,
         lease_ttl: int = 2,
         poll: float = 0.005,
@@ -385,6 +388,7 @@ class EtcdOrderer:
         self.etcd_error: str | None = None
         self.blocks_cut = 0
         self._last_cut: Head | None = None
+        self._head_checked = 0.0
         self._inflight: dict[int, set[str]] = {}
         self._submit_queue: list[_Slot] = []
         self._submit_cond = threading.Condition()
@@ -494,33 +498,41 @@ class EtcdOrderer:
     def _follow_once(self) -> bool:
         if self.halted:
             return False
-        head = self.etcd_head()
         local = self._chain.committed_head()
+        start = local.height + 1
+        # One request per poll: the next blocks, read from the member this client talks to
+        # (serializable: no Raft round trip; a stale answer only delays, every block is
+        # validated anyway).
+        kvs = self.client.range(
+            self.keys.block(start), prefix_end(self.keys.blocks), limit=64, serializable=True
+        )
+        if kvs and kvs[0].key == self.keys.block(start):
+            for kv in kvs:
+                block = Block.from_bytes(kv.value)
+                if block.height != self._chain.committed_head().height + 1:
+                    return True
+                try:
+                    self._chain.commit(block)
+                except LedgerError as exc:
+                    self._chain.alarm("invalid_block", block.height, type(exc).__name__)
+                    self._stop.wait(0.5)
+                    return False
+            return True
+        now = time.monotonic()
+        if not kvs and now - self._head_checked < 1.0:
+            return False
+        # Once a second, or when the next block is missing but later ones exist: compare
+        # with etcd's head (split view) or fetch what fell out of the window from peers.
+        self._head_checked = now
+        head = self.etcd_head()
         if head is None or head.height <= local.height:
             if head is not None:
                 mine = self._chain.block_hash(head.height)
                 if mine is not None and mine != head.hash:
                     self._split(head.height, "etcd's head differs from the block this node holds")
             return False
-        start = local.height + 1
-        end = min(head.height + 1, start + 64)
-        kvs = self.client.range(self.keys.block(start), self.keys.block(end))
-        if not kvs or kvs[0].key != self.keys.block(start):
-            # Outside etcd's window: fetch the missing blocks from other nodes.
-            oldest = self._oldest_in_window()
-            return self._chain.catch_up(start, oldest if oldest is not None else head.height + 1)
-        for kv in kvs:
-            block = Block.from_bytes(kv.value)
-            expected = self._chain.committed_head().height + 1
-            if block.height != expected:
-                return True
-            try:
-                self._chain.commit(block)
-            except LedgerError as exc:
-                self._chain.alarm("invalid_block", block.height, type(exc).__name__)
-                self._stop.wait(0.5)
-                return False
-        return True
+        oldest = self._oldest_in_window()
+        return self._chain.catch_up(start, oldest if oldest is not None else head.height + 1)
 
     def _oldest_in_window(self) -> int | None:
         kvs = self.client.range(
@@ -540,13 +552,22 @@ class EtcdOrderer:
                 if not self._hold_lease():
                     self._stop.wait(self._ttl / 4)
                     continue
-                if not self._cut_once():
-                    self._stop.wait(self._max_wait)
+                started = time.monotonic()
+                cut = self._cut_once()
+                if cut == 0:
+                    self._stop.wait(self._poll * 2)
+                elif cut < self._max_txs:
+                    # A batch timeout, as Fabric's orderers have: under a steady trickle, wait
+                    # so that the next block gathers more transactions, since every block costs
+                    # each node a durable commit.
+                    self._stop.wait(max(0.0, self._max_wait - (time.monotonic() - started)))
             except EtcdError as exc:
                 self.leading = False
+                self._last_cut = None
                 self.etcd_error = str(exc)
                 self._stop.wait(0.2)
             except Exception:
+                self._last_cut = None
                 log.exception("cutting a block failed")
                 self._stop.wait(0.2)
 
@@ -562,6 +583,7 @@ class EtcdOrderer:
                 return True
             self.leading = False
             self._lease = 0
+            self._last_cut = None
         if self.halted:
             return False
         if not self._lease:
@@ -586,13 +608,15 @@ class EtcdOrderer:
             log.info("this node now cuts blocks")
         return won
 
-    def _cut_once(self) -> bool:
-        """Cut one block from the oldest pending transactions; True when one was written."""
-        head = self.etcd_head()
+    def _cut_once(self) -> int:
+        """Cut one block from the oldest pending transactions; how many it holds (0: none)."""
+        # After its own successful cut, the cutter knows the head it wrote; if another node
+        # has written since, the compare-and-swap below fails and the head is read afresh.
+        head = self._last_cut if self._last_cut is not None else self.etcd_head()
         local = self._chain.committed_head()
         if head is None:
             if local.height != 0:
-                return False  # etcd lost its keys but this chain has blocks: never restart it
+                return 0  # etcd lost its keys but this chain has blocks: never restart it
             base = Head(0, local.hash, local.time)
         else:
             base = head
@@ -601,17 +625,21 @@ class EtcdOrderer:
         # that already ordered transactions can be dropped and the block links to a good block.
         own = self._last_cut == base and base.height - local.height <= PIPELINE
         if (local.height != base.height or local.hash != base.hash) and not own:
-            return False
+            return 0
         for height in [h for h in self._inflight if h <= local.height]:
             del self._inflight[height]
         if not own:
             self._inflight.clear()
         in_flight = set().union(*self._inflight.values()) if self._inflight else set()
         kvs = self.client.range(
-            self.keys.pending, prefix_end(self.keys.pending), limit=self._max_txs, by_create=True
+            self.keys.pending,
+            prefix_end(self.keys.pending),
+            limit=self._max_txs,
+            by_create=True,
+            serializable=True,
         )
         if not kvs:
-            return False
+            return 0
         txs: list[Transaction] = []
         size = 0
         stale: list[bytes] = []
@@ -640,7 +668,7 @@ class EtcdOrderer:
         if not fresh:
             if ops:
                 self.client.txn(compare, ops)
-            return bool(ops)
+            return 0
         block = cut_block(
             self._network,
             base.height + 1,
@@ -658,7 +686,13 @@ class EtcdOrderer:
         ]
         if block.height > self._window:
             ops.append(op_delete(self.keys.block(block.height - self._window)))
-        ok, _ = self.client.txn(compare, ops)
+        try:
+            ok, _ = self.client.txn(compare, ops)
+        except EtcdError:
+            self._last_cut = None  # the outcome is unknown: read the head next time
+            raise
+        if not ok:
+            self._last_cut = None
         if ok:
             self.blocks_cut += 1
             self._last_cut = new_head
@@ -667,4 +701,4 @@ class EtcdOrderer:
                 # etcd keeps every overwritten value until compacted; keep a margin of history
                 # so watchers and slow readers are not cut off.
                 self.client.compact(max(1, self.client.revision() - 10_000))
-        return ok
+        return len(fresh) if ok else 0

@@ -607,6 +607,34 @@ class LoadGenerator:
             self._done(tx_id, result.valid, result.code)
 
 
+class CommitLog:
+    """A block listener writing ``<unix time> <tx id> ...`` per committed block (benchmarks)."""
+
+    def __init__(self, path: Path) -> None:
+        self._out = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives with the node
+
+    def __call__(self, block: Block, result: BlockResult) -> None:
+        """Append one line for the block (ids only: nothing identifying)."""
+        ids = " ".join(r.tx_id for r in result.results)
+        self._out.write(f"{time.time():.6f} {ids}\n")
+        self._out.flush()
+
+
+def read_commit_log(path: Path) -> dict[str, float]:
+    """When each transaction committed, from a ``CommitLog`` file."""
+    seen: dict[str, float] = {}
+    if not path.is_file():
+        return seen
+    for line in path.read_text("utf-8").splitlines():
+        parts = line.split()
+        if len(parts) < 2 or not line.endswith(parts[-1]):
+            continue
+        when = float(parts[0])
+        for tx_id in parts[1:]:
+            seen.setdefault(tx_id, when)
+    return seen
+
+
 def read_status(root: Path) -> dict[str, Any] | None:
     """A running node's last written status, or None."""
     path = root / STATUS_FILE
