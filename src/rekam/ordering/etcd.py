@@ -363,7 +363,7 @@ class EtcdOrderer:
         max_wait: float = 0.03,
         window: int = 1000,
         lease_ttl: int = 2,
-        poll: float = 0.005,
+        poll: float = 0.2,
         submit_deadline: float = 5.0,
         cut_blocks: bool = True,
     ) -> None:
@@ -392,12 +392,24 @@ class EtcdOrderer:
         self._inflight: dict[int, set[str]] = {}
         self._submit_queue: list[_Slot] = []
         self._submit_cond = threading.Condition()
+        self._new_block = threading.Event()
+        self._new_pending = threading.Event()
         self._threads = [
             threading.Thread(target=self._follow, name="rekam-etcd-follow"),
             threading.Thread(target=self._sender, name="rekam-etcd-submit"),
+            threading.Thread(
+                target=self._watch, args=(self.keys.blocks, self._new_block), name="rekam-watch"
+            ),
         ]
         if cut_blocks:
             self._threads.append(threading.Thread(target=self._cutter, name="rekam-etcd-cut"))
+            self._threads.append(
+                threading.Thread(
+                    target=self._watch,
+                    args=(self.keys.pending, self._new_pending),
+                    name="rekam-watch",
+                )
+            )
 
     def start(self) -> None:
         """Start following (and, when allowed, campaigning to cut blocks).
@@ -465,7 +477,9 @@ class EtcdOrderer:
         with self._submit_cond:
             self._submit_cond.notify_all()
         for thread in self._threads:
-            if thread.is_alive():
+            # A watch thread may sit in a read without a timeout; it is a daemon and ends
+            # with the process or at its next event.
+            if thread.is_alive() and thread.name != "rekam-watch":
                 thread.join(timeout=10)
         if self._lease:
             with contextlib.suppress(EtcdError):  # it expires by itself anyway
@@ -493,7 +507,35 @@ class EtcdOrderer:
                 progressed = False
                 self._stop.wait(0.2)
             if not progressed:
-                self._stop.wait(self._poll)
+                self._new_block.wait(self._poll)
+                self._new_block.clear()
+
+    def _watch(self, prefix: bytes, wake: threading.Event) -> None:
+        """Set ``wake`` whenever a key under ``prefix`` changes (etcd's watch, streamed).
+
+        Only a wake-up signal: the loops still read what changed themselves, and poll at
+        ``poll`` seconds when the stream is down, so a lost watch costs latency, not safety.
+        """
+        index = 0
+        body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}}
+        while not self._stop.is_set():
+            endpoint = self.client.endpoints[index % len(self.client.endpoints)]
+            try:
+                timeout = httpx.Timeout(2.0, read=None)
+                with (
+                    httpx.Client(timeout=timeout) as http,
+                    http.stream("POST", endpoint + "/v3/watch", json=body) as reply,
+                ):
+                    for line in reply.iter_lines():
+                        if self._stop.is_set():
+                            return
+                        if '"events"' in line:
+                            wake.set()
+            except httpx.HTTPError:
+                pass
+            index += 1
+            wake.set()  # the stream ended: let the loop read once, in case it missed a change
+            self._stop.wait(0.2)
 
     def _follow_once(self) -> bool:
         if self.halted:
@@ -555,7 +597,8 @@ class EtcdOrderer:
                 started = time.monotonic()
                 cut = self._cut_once()
                 if cut == 0:
-                    self._stop.wait(self._poll * 2)
+                    self._new_pending.wait(self._poll)
+                    self._new_pending.clear()
                 elif cut < self._max_txs:
                     # A batch timeout, as Fabric's orderers have: under a steady trickle, wait
                     # so that the next block gathers more transactions, since every block costs

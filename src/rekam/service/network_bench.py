@@ -196,7 +196,13 @@ def bench_network(
             paced_ids = [tx.tx_id for tx in paced]
             seen = _wait_committed(logs, paced_ids, 120)
             latencies = [max(s[t] for s in seen) - submitted[t] for t in paced_ids]
-            heads = {s.org: (read_status(folders[s.org]) or {}).get("hash") for s in specs}
+            # Status files are refreshed every half second: give them a moment to agree.
+            heads: dict[str, Any] = {}
+            for _ in range(20):
+                heads = {s.org: (read_status(folders[s.org]) or {}).get("hash") for s in specs}
+                if len(set(heads.values())) == 1:
+                    break
+                time.sleep(0.25)
 
             # Phase 3: the raw etcd put rate for the same bytes.
             raws = [tx.raw for tx in batch]
