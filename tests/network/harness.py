@@ -5,8 +5,6 @@ Every wait is bounded in time; every process started here is stopped by its id a
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -257,6 +255,3 @@ def dump_logs(net: Network) -> str:
         if path.is_file():
             out.append(f"--- {node.org}\n" + path.read_text("utf-8", "replace")[-2000:])
     return "\n".join(out)
-
-
-__all__ = ["json", "os"]

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from rekam.crypto import Signer, verify_signature
-from rekam.encoding import b64d, b64e, canonical
+from rekam.encoding import CanonicalError, b64d, b64e, canonical
 
 DOMAIN = b"rekam/peer/v1\n"
 MAX_SKEW_MS = 30_000
@@ -84,7 +84,7 @@ class RequestVerifier:
             when = int(headers[H_TIME])
             nonce = headers[H_NONCE]
             sig = b64d(headers[H_SIG])
-        except (KeyError, ValueError, Exception) as exc:
+        except (KeyError, ValueError, CanonicalError) as exc:
             raise AuthError("missing or malformed authentication headers") from exc
         now = self._clock()
         if abs(now - when) > MAX_SKEW_MS:
