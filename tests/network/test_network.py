@@ -296,3 +296,33 @@ def test_a_new_organisation_needs_a_majority_then_its_node_joins(
             assert d.wait_for_height(target.height, 30)
             assert d.block_hash(target.height) == target.hash
             assert d.workspace.node.store.get("org", "lab-d") is not None
+
+
+def test_network_create_gives_each_node_only_its_own_keys(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rekam.cli.main import app
+
+    out = tmp_path / "nodes"
+    args = ["network", "create", "--out", str(out), "--network", "rekam-test", "--kdf", "fast"]
+    for i, spec in enumerate(ORGS):
+        args += [
+            "--org",
+            f"{spec.org}:{spec.kind}:{spec.label}",
+            "--listen",
+            f"127.0.0.1:{7400 + i}",
+        ]
+    args += ["--etcd", "http://127.0.0.1:2379"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(s.org for s in ORGS)  # no founding copy
+    genesis = {(out / s.org / "genesis.json").read_bytes() for s in ORGS}
+    assert len(genesis) == 1
+    for spec in ORGS:
+        folder = out / spec.org
+        keys = sorted(p.stem for p in (folder / "keys" / "orgs").iterdir())
+        secrets = sorted(p.stem for p in (folder / "secrets").iterdir())
+        assert keys == [spec.org] and secrets == [spec.org]
+        config = NetworkConfig.load(folder)
+        assert config.org == spec.org and spec.org not in config.peers
+        assert set(config.peers) == {s.org for s in ORGS} - {spec.org}
