@@ -42,6 +42,7 @@ app.add_typer(keys_app, name="keys")
 
 def _register_actions() -> None:
     from rekam.cli.actions import consent_app, keys_rotate, member_app, patient_app, record_app
+    from rekam.cli.network import bench_network, network_app
     from rekam.cli.serve import register
 
     app.add_typer(record_app, name="record")
@@ -50,6 +51,8 @@ def _register_actions() -> None:
     app.add_typer(patient_app, name="patient")
     keys_app.command("rotate")(keys_rotate)
     register(app, bench_app)
+    app.add_typer(network_app, name="network")
+    bench_app.command("network")(bench_network)
 
 
 console = Console()
@@ -171,9 +174,18 @@ def demo(
         int, typer.Option(min=2, max=50, help="Synthetic patients to register.")
     ] = 3,
     kdf: Annotated[str, typer.Option(help="Keystore cost: standard, or fast.")] = "standard",
+    nodes: Annotated[
+        int, typer.Option(help="3: run the story across etcd and three node processes.")
+    ] = 1,
+    keep_running: Annotated[bool, typer.Option(help="With --nodes: leave it running.")] = False,
 ) -> None:
     """Build a demo network (2 clinics, a lab, a pharmacy) and play the whole story."""
     from rekam.service.demo import run_demo, total_steps
+
+    if nodes > 1:
+        from rekam.cli.network import network_demo
+
+        return network_demo(data_dir, nodes, kdf, keep_running)
 
     if data_dir.exists() and any(data_dir.iterdir()):
         raise _fail(f"{data_dir} is not empty; pass a new --data-dir or remove it")

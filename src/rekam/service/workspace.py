@@ -9,13 +9,13 @@ use-case services. It is the only place that picks concrete adapters.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rekam.blobs import DirectoryBlobStore
-from rekam.crypto import Identity, load_identity
+from rekam.crypto import Identity, Signer, load_identity
 from rekam.encoding import b64e
 from rekam.ledger.block import Genesis, genesis_block
 from rekam.ledger.tx import ORG_KINDS, id_kind, make_tx
@@ -27,6 +27,7 @@ from rekam.service.consent import ConsentService
 from rekam.service.datadir import CONFIG_FORMAT, DataDir, DataDirError, FolderLock
 from rekam.service.errors import RejectedError
 from rekam.service.node import Node, now_ms
+from rekam.service.ports import Orderer
 from rekam.service.records import RecordService
 from rekam.storage import open_store
 
@@ -144,8 +145,18 @@ class Workspace:
         return cls.open(root)
 
     @classmethod
-    def open(cls, root: Path, *, wait_for_lock: bool = True) -> Workspace:
-        """Open an existing data folder and start its node and solo orderer."""
+    def open(
+        cls,
+        root: Path,
+        *,
+        wait_for_lock: bool = True,
+        orderer_factory: Callable[[Node, str, Signer], Orderer] | None = None,
+    ) -> Workspace:
+        """Open an existing data folder and start its node and orderer (solo by default).
+
+        ``orderer_factory(node, orderer_org, signer)`` plugs another orderer in (the network
+        mode's etcd orderer, see rekam.service.network).
+        """
         datadir = DataDir(root)
         config = datadir.config()
         lock = FolderLock(root, wait=wait_for_lock).__enter__()
@@ -162,11 +173,17 @@ class Workspace:
             )
             orgs = {org: load_identity(uri, root) for org, uri in config["orgs"].items()}
             orderer_id = config["orderer"]
-            orderer = SoloOrderer(
-                node.cut,
-                max_txs=min(int(config.get("block_max_txs", 500)), genesis.policy["max_block_txs"]),
-                max_wait=int(config.get("block_max_wait_ms", 20)) / 1000,
-            )
+            orderer: Orderer
+            if orderer_factory is not None:
+                orderer = orderer_factory(node, orderer_id, orgs[orderer_id].signer)
+            else:
+                orderer = SoloOrderer(
+                    node.cut,
+                    max_txs=min(
+                        int(config.get("block_max_txs", 500)), genesis.policy["max_block_txs"]
+                    ),
+                    max_wait=int(config.get("block_max_wait_ms", 20)) / 1000,
+                )
             node.attach_orderer(orderer, orderer_id, orgs[orderer_id].signer)
         except BaseException:
             lock.__exit__(None, None, None)

@@ -1,0 +1,1 @@
+"""Node-to-node HTTP: authenticated requests, a peer API under ``/peer``, and its client."""

@@ -1,0 +1,328 @@
+"""Network nodes in this process over a real etcd cluster: ordering, peers, content, alarms."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rekam.crypto import load_identity
+from rekam.ledger.block import Block, Checkpoint
+from rekam.ledger.tx import Transaction, make_tx
+from rekam.net.auth import sign_request
+from rekam.net.peer import PeerClient, PeerError
+from rekam.ordering.etcd import EtcdClient
+from rekam.ordering.etcd_local import LocalEtcdCluster, free_ports
+from rekam.records import synthetic
+from rekam.service.datadir import DataDir
+from rekam.service.errors import AccessDenied
+from rekam.service.network import (
+    NetworkConfig,
+    NetworkNode,
+    cosign,
+    create_network,
+    prepare_join,
+    propose_org,
+    submit_proposal,
+)
+from rekam.service.network_demo import run_network_demo
+from rekam.service.node import NotCommittedError
+from rekam.service.workspace import OrgSpec
+from tests.network.harness import ORGS, require_etcd, wait_for
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEtcdCluster]:
+    """One real 3-member cluster for the module; each test founds its own network in it."""
+    require_etcd()
+    cluster = LocalEtcdCluster.create(tmp_path_factory.mktemp("etcd"), 3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _folders(tmp: Path, etcd: LocalEtcdCluster, **settings: int) -> dict[str, Path]:
+    ports = free_ports(len(ORGS))
+    folders = create_network(
+        tmp, "rekam-test", ORGS, etcd.endpoints, [f"127.0.0.1:{p}" for p in ports], kdf="fast"
+    )
+    for folder in folders.values():
+        config = NetworkConfig.load(folder)
+        for key, value in settings.items():
+            setattr(config, key, value)
+        config.save(folder)
+    return folders
+
+
+def _enrol(net: NetworkNode) -> None:
+    ws = net.workspace
+    ws.admin.enrol_member(ws.actor(net.config.org), "doctor", "pw")
+
+
+def test_retried_submission_is_ordered_once(tmp_path: Path, etcd: LocalEtcdCluster) -> None:
+    folders = _folders(tmp_path, etcd)
+    with NetworkNode.open(folders["klinik-a"]) as net:
+        ws = net.workspace
+        org = ws.actor("klinik-a")
+        member = ws.admin.enrol_member(org, "doctor", "pw")
+        tx = make_tx(
+            ws.node.network_id,
+            "member.revoke",
+            org.id,
+            org.identity.signer,
+            {"member": member.id},
+            ws.node.clock(),
+        )
+        assert net.orderer is not None
+        # A client that timed out retries: the same transaction reaches etcd three times.
+        net.orderer.submit(tx)
+        net.orderer.submit(tx)
+        result = ws.node.submit_wait(tx, timeout=20)
+        assert result.valid
+        net.orderer.submit(tx)  # and once more after it committed
+        _enrol(net)  # later blocks are cut after the late retry was seen
+        _enrol(net)
+        ids = [Transaction.decode(raw).tx_id for b in ws.node.store.iter_blocks(1) for raw in b.txs]
+        assert ids.count(tx.tx_id) == 1
+        pending = net.orderer.client.range(
+            net.orderer.keys.pending, net.orderer.keys.pending + b"\xff"
+        )
+        assert not pending
+
+
+def test_peer_requests_must_be_signed_by_an_organisation(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    folders = _folders(tmp_path, etcd)
+    with NetworkNode.open(folders["klinik-a"]) as net:
+        url = net.config.url
+        b_dir = folders["klinik-b"]
+        b_identity = load_identity(DataDir(b_dir).config()["orgs"]["klinik-b"], b_dir)
+        good = PeerClient(net.network_id, "klinik-b", b_identity.signer)
+        assert good.head(url)["height"] == net.workspace.node.head.height
+        good.close()
+        # Claiming another organisation with one's own key is refused.
+        liar = PeerClient(net.network_id, "apotek-c", b_identity.signer)
+        with pytest.raises(PeerError, match="401"):
+            liar.head(url)
+        liar.close()
+        with httpx.Client() as http:
+            assert http.get(url + "/peer/head").status_code == 401  # unsigned
+            headers = sign_request(
+                net.network_id, "klinik-b", b_identity.signer, "GET", "/peer/head"
+            )
+            assert http.get(url + "/peer/head", headers=headers).status_code == 200
+            assert http.get(url + "/peer/head", headers=headers).status_code == 401  # replay
+            # Signed for one path, sent to another.
+            other = sign_request(net.network_id, "klinik-b", b_identity.signer, "GET", "/peer/head")
+            assert http.get(url + "/peer/blocks?start=1&end=2", headers=other).status_code == 401
+            stale = dict(
+                sign_request(net.network_id, "klinik-b", b_identity.signer, "GET", "/peer/head")
+            )
+            stale["x-rekam-time"] = str(int(stale["x-rekam-time"]) - 120_000)
+            assert http.get(url + "/peer/head", headers=stale).status_code == 401
+
+
+class _Tamperer(BaseHTTPRequestHandler):
+    """A peer that serves real blocks with one transaction byte flipped."""
+
+    source: NetworkNode
+
+    def do_GET(self) -> None:
+        query = dict(p.split("=") for p in self.path.split("?", 1)[1].split("&"))
+        raws = self.source.blocks_bytes(int(query["start"]), int(query["end"]))
+        block = Block.from_bytes(raws[0])
+        txs = list(block.txs)
+        txs[0] = txs[0][:-2] + bytes([txs[0][-2] ^ 1]) + txs[0][-1:]
+        raws[0] = Block(block.header, block.signature, tuple(txs)).to_bytes()
+        body = json.dumps({"blocks": [base64.b64encode(r).decode() for r in raws]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+def test_a_peer_serving_a_tampered_block_is_refused_and_reported(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    # etcd keeps 3 blocks: a node joining later must fetch the rest from peers.
+    folders = _folders(tmp_path, etcd, window=3)
+    with NetworkNode.open(folders["klinik-a"]) as a:
+        for _ in range(8):
+            _enrol(a)
+        _Tamperer.source = a
+        evil = ThreadingHTTPServer(("127.0.0.1", 0), _Tamperer)
+        threading.Thread(target=evil.serve_forever, daemon=True).start()
+        try:
+            config = NetworkConfig.load(folders["klinik-b"])
+            # The tampering peer is asked first; klinik-a (registered in etcd) after it.
+            config.peers = {"evil-peer": f"http://127.0.0.1:{evil.server_address[1]}"}
+            config.save(folders["klinik-b"])
+            with NetworkNode.open(folders["klinik-b"], cut_blocks=False) as b:
+                target = a.workspace.node.head
+                assert b.wait_for_height(target.height, 30)
+                assert b.block_hash(target.height) == target.hash
+                bad = [x for x in b.alarms if x["kind"] == "bad_peer_block"]
+                assert bad and "evil-peer" in bad[0]["detail"]
+                assert (folders["klinik-b"] / "alarms.jsonl").is_file()
+        finally:
+            evil.shutdown()
+
+
+def test_a_different_head_in_a_cosigned_checkpoint_is_a_split_view(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    folders = _folders(tmp_path, etcd, checkpoint_every=1)
+    with NetworkNode.open(folders["klinik-a"]) as a:
+        ws = a.workspace
+        org = ws.actor("klinik-a")
+        member = ws.admin.enrol_member(org, "doctor", "pw")
+        _enrol(a)
+        height = a.workspace.node.head.height
+        b_dir = folders["klinik-b"]
+        b_signer = load_identity(DataDir(b_dir).config()["orgs"]["klinik-b"], b_dir).signer
+        body = {
+            "network": a.network_id,
+            "height": height,
+            "head": hashlib.sha256(b"another block").hexdigest(),
+            "blocks_root": hashlib.sha256(b"another log").hexdigest(),
+        }
+        forged = Checkpoint(body, (("klinik-b", b_signer.sign(Checkpoint(body, ()).message())),))
+        assert a.orderer is not None
+        client = EtcdClient(etcd.endpoints)
+        client.put(
+            a.orderer.keys.checkpoints + b"%012d/klinik-b" % height,
+            json.dumps(forged.to_json()).encode(),
+        )
+        client.close()
+        wait_for(lambda: any(x["kind"] == "split_view" for x in a.alarms), 10, "the alarm")
+        assert a.orderer.halted is not None
+        # A halted node accepts no further block: a valid write now cannot commit here.
+        tx = make_tx(
+            ws.node.network_id,
+            "member.revoke",
+            org.id,
+            org.identity.signer,
+            {"member": member.id},
+            ws.node.clock(),
+        )
+        with pytest.raises(NotCommittedError):
+            ws.node.submit_wait(tx, timeout=3)
+        assert a.workspace.node.head.height == height
+
+
+def test_demo_across_three_nodes_and_content_only_where_it_may_be_opened(
+    tmp_path: Path,
+) -> None:
+    require_etcd()
+    result = run_network_demo(tmp_path / "demo", kdf="fast")
+    assert result.agreed, result.heads
+    assert len(result.heads) == 3
+    assert "read without consent at klinik-kenanga: denied and recorded" in result.story
+    assert any("read with consent at klinik-kenanga" in line for line in result.story)
+    assert any("dispensed at apotek-sentosa" in line for line in result.story)
+    # The pharmacy was never given the diagnosis: its node holds no copy of it.
+    nodes = tmp_path / "demo" / "nodes"
+    melati = {p.name for p in (nodes / "klinik-melati" / "blobs").rglob("*") if p.is_file()}
+    sentosa = {p.name for p in (nodes / "apotek-sentosa" / "blobs").rglob("*") if p.is_file()}
+    kenanga = {p.name for p in (nodes / "klinik-kenanga" / "blobs").rglob("*") if p.is_file()}
+    assert kenanga and kenanga < melati
+    assert len(sentosa & melati) == 1  # only the shared prescription came over
+
+
+def test_content_is_refused_to_a_node_without_a_key(tmp_path: Path, etcd: LocalEtcdCluster) -> None:
+    folders = _folders(tmp_path, etcd)
+    with NetworkNode.open(folders["klinik-a"]) as a, NetworkNode.open(folders["klinik-b"]) as b:
+        wa, wb = a.workspace, b.workspace
+        doctor = wa.actor(wa.admin.enrol_member(wa.actor("klinik-a"), "doctor", "pw").id, "pw")
+        other = wb.actor(wb.admin.enrol_member(wb.actor("klinik-b"), "doctor", "pw").id, "pw")
+        patient = wa.admin.register_patient(wa.actor("klinik-a"), "pw")[0].id
+        rec = wa.records.write(
+            doctor, synthetic.condition(random.Random(1), patient, None, doctor.id), patient=patient
+        )
+        assert b.wait_for_height(wa.node.head.height, 20)
+        assert not b.ensure_content(rec.record, 1)
+        assert wb.node.blobs.get(rec.content_hash) is None
+        with pytest.raises(AccessDenied):
+            wb.records.read(other, rec.record)
+
+
+def test_a_new_organisation_needs_a_majority_then_its_node_joins(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    folders = _folders(tmp_path / "net", etcd, window=3)
+    a_dir, b_dir = folders["klinik-a"], folders["klinik-b"]
+    with NetworkNode.open(a_dir) as a:
+        for _ in range(5):
+            _enrol(a)  # more blocks than etcd's window: the new node needs its peers
+        lab = tmp_path / "lab-d"
+        request = prepare_join(
+            lab,
+            a_dir / "genesis.json",
+            OrgSpec("lab-d", "lab", "Lab D"),
+            etcd.endpoints,
+            f"127.0.0.1:{free_ports(1)[0]}",
+            kdf="fast",
+        )
+        store = a.workspace.node.store
+        # One signature of three organisations is no majority: refused, the id stays free.
+        alone = propose_org(a_dir, request)
+        tx_id = submit_proposal(a_dir, alone)
+        wait_for(lambda: store.get_tx(tx_id) is not None, 20, "the lone proposal's result")
+        record = store.get_tx(tx_id)
+        assert record is not None and not record.valid and record.code == "quorum"
+        assert store.get("org", "lab-d") is None
+        # Cosigned by a second organisation: two of three, a majority.
+        cosigned = cosign(b_dir, alone)
+        submit_proposal(a_dir, cosigned)
+        wait_for(lambda: store.get("org", "lab-d") is not None, 20, "the enrolment")
+        with NetworkNode.open(lab) as d:
+            assert d.orderer is not None and not d.orderer.leading
+            target = a.workspace.node.head
+            assert d.wait_for_height(target.height, 30)
+            assert d.block_hash(target.height) == target.hash
+            assert d.workspace.node.store.get("org", "lab-d") is not None
+
+
+def test_network_create_gives_each_node_only_its_own_keys(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rekam.cli.main import app
+
+    out = tmp_path / "nodes"
+    args = ["network", "create", "--out", str(out), "--network", "rekam-test", "--kdf", "fast"]
+    for i, spec in enumerate(ORGS):
+        args += [
+            "--org",
+            f"{spec.org}:{spec.kind}:{spec.label}",
+            "--listen",
+            f"127.0.0.1:{7400 + i}",
+        ]
+    args += ["--etcd", "http://127.0.0.1:2379"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(s.org for s in ORGS)  # no founding copy
+    genesis = {(out / s.org / "genesis.json").read_bytes() for s in ORGS}
+    assert len(genesis) == 1
+    for spec in ORGS:
+        folder = out / spec.org
+        keys = sorted(p.stem for p in (folder / "keys" / "orgs").iterdir())
+        secrets = sorted(p.stem for p in (folder / "secrets").iterdir())
+        assert keys == [spec.org] and secrets == [spec.org]
+        config = NetworkConfig.load(folder)
+        assert config.org == spec.org and spec.org not in config.peers
+        assert set(config.peers) == {s.org for s in ORGS} - {spec.org}
