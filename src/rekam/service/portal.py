@@ -1,0 +1,300 @@
+"""Use cases the web portal needs beyond the core services: who may a member look up, which
+prescriptions a pharmacy may see, and a record version's proof of inclusion.
+
+Everything here lists metadata only (pseudonymous ids, types, times); content is read
+through :meth:`RecordService.read`, which checks consent and commits the access event.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from rekam.ledger.block import Checkpoint
+from rekam.ledger.tx import id_kind
+from rekam.ledger.validate import TxResult
+from rekam.service.errors import InvalidContentError, NotFoundError
+from rekam.service.proofs import (
+    ReceiptError,
+    build_receipt,
+    make_checkpoint,
+    verify_receipt,
+)
+from rekam.service.records import WriteResult
+
+if TYPE_CHECKING:
+    from rekam.service.workspace import Actor, Workspace
+
+
+@dataclass(frozen=True)
+class PatientLink:
+    """Why a member may look up a patient: home organisation, consent or emergency."""
+
+    patient: str
+    home_org: str
+    via: str  # "home", "consent" or "emergency"
+
+
+@dataclass(frozen=True)
+class Proof:
+    """A record version's write transaction, its block and whether its receipt verifies."""
+
+    tx_id: str
+    height: int
+    checkpoint_height: int
+    verified: bool
+
+
+class PortalService:
+    """Read-only queries for the portal's pages, on the node's state tables."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+
+    def member_org(self, actor: Actor) -> str | None:
+        """The organisation of a member (None for a patient or an unknown member)."""
+        if id_kind(actor.id) != "member":
+            return None
+        row = self.ws.node.store.get("member", actor.id)
+        return str(row["org"]) if row else None
+
+    def role(self, actor: Actor) -> str:
+        """patient, or the member's role (doctor, nurse, pharmacist, lab_analyst, admin)."""
+        kind = id_kind(actor.id)
+        if kind == "patient":
+            return "patient"
+        if kind == "member":
+            row = self.ws.node.store.get("member", actor.id)
+            if row is not None and not row["revoked"]:
+                return str(row["role"])
+        return "none"
+
+    def patients_for(self, actor: Actor) -> list[PatientLink]:
+        """Patients a member may look up: of their organisation, or consented to them or it."""
+        store = self.ws.node.store
+        org = self.member_org(actor)
+        if org is None:
+            return []
+        now = self.ws.node.clock()
+        links: dict[str, PatientLink] = {}
+        for key, _row in store.query("patient", {"home_org": org}):
+            links[key] = PatientLink(key, org, "home")
+        for grantee in (actor.id, org):
+            for _, row in store.query("consent", {"grantee": grantee}):
+                if row["revoked"] or not row["start"] <= now < row["end"]:
+                    continue
+                patient = store.get("patient", row["patient"])
+                if patient is not None and row["patient"] not in links:
+                    links[row["patient"]] = PatientLink(
+                        row["patient"], patient["home_org"], "consent"
+                    )
+        for _, row in store.query("emergency", {"member": actor.id}):
+            patient = store.get("patient", row["patient"])
+            if row["expires"] > now and patient is not None and row["patient"] not in links:
+                links[row["patient"]] = PatientLink(
+                    row["patient"], patient["home_org"], "emergency"
+                )
+        return sorted(links.values(), key=lambda link: link.patient)
+
+    def prescriptions_for(self, actor: Actor) -> list[tuple[str, dict[str, Any]]]:
+        """MedicationRequest heads a pharmacist's basis covers for dispensing (no content)."""
+        store = self.ws.node.store
+        out: list[tuple[str, dict[str, Any]]] = []
+        seen: set[str] = set()
+        org = self.member_org(actor)
+        if org is None:
+            return out
+        now = self.ws.node.clock()
+        for grantee in (actor.id, org):
+            for _, consent in store.query("consent", {"grantee": grantee}):
+                patient = consent["patient"]
+                if consent["revoked"] or not consent["start"] <= now < consent["end"]:
+                    continue
+                if patient in seen:
+                    continue
+                seen.add(patient)
+                for key, row in store.query("record", {"patient": patient}, order_by="created"):
+                    if row["resource_type"] != "MedicationRequest" or row["erased"]:
+                        continue
+                    if self.ws.records.basis_for(
+                        actor.id, patient, row, "MedicationRequest", "dispensing"
+                    ):
+                        out.append((key, row))
+        return out
+
+    def active_emergency(self, actor: Actor, patient: str) -> bool:
+        """Whether this member holds an unexpired emergency access to the patient."""
+        now = self.ws.node.clock()
+        return any(
+            row["patient"] == patient and row["expires"] > now
+            for _, row in self.ws.node.store.query("emergency", {"member": actor.id})
+        )
+
+    def _checkpoint(self, height: int) -> Checkpoint:
+        """The latest checkpoint if it covers ``height``, else a new one cosigned locally."""
+        store = self.ws.node.store
+        latest = store.latest_checkpoint()
+        # Reuse an older checkpoint when it covers the block: every page view commits an
+        # access event, and a checkpoint per view would only add noise.
+        if latest is not None and int(latest.body["height"]) >= height:
+            return latest
+        signers = {o: i.signer for o, i in self.ws.org_identities.items()}
+        return make_checkpoint(store, self.ws.node.network_id, signers)
+
+    def receipt(self, record: str, version: int) -> dict[str, Any]:
+        """The inclusion receipt of a record version's write transaction."""
+        row = self.ws.node.store.get("record_version", f"{record}@{version}")
+        if row is None:
+            raise NotFoundError("unknown record version")
+        stored = self.ws.node.store.get_tx(str(row["tx"]))
+        if stored is None:
+            raise NotFoundError("unknown record version")
+        try:
+            return build_receipt(
+                self.ws.node.store, str(row["tx"]), self._checkpoint(stored.height)
+            )
+        except ReceiptError:
+            raise NotFoundError("no checkpoint covers this record version") from None
+
+    def proof(self, record: str, version: int) -> Proof:
+        """Build the version's receipt and check it as an outsider would, with the genesis keys."""
+        doc = self.receipt(record, version)
+        try:
+            verify_receipt(doc, self._genesis_doc())
+            verified = True
+        except ReceiptError:
+            verified = False
+        return Proof(
+            tx_id=str(doc["tx_id"]),
+            height=int(doc["block"]["header"]["height"]),
+            checkpoint_height=int(doc["checkpoint"]["body"]["height"]),
+            verified=verified,
+        )
+
+    def _genesis_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(self.ws.datadir.genesis_path.read_text("utf-8"))
+        return doc
+
+
+# Numeric observations a clinician can enter from the portal: LOINC code, display, UCUM unit.
+OBSERVATION_KINDS: dict[str, tuple[str, str, str, str]] = {
+    "weight": ("29463-7", "Body weight", "kg", "kg"),
+    "glucose": ("2339-0", "Glucose [Mass/volume] in Blood", "mg/dL", "mg/dL"),
+    "temperature": ("8310-5", "Body temperature", "°C", "Cel"),
+}
+
+
+def _instant(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def observation_resource(patient: str, kind: str, value: float, when_ms: int) -> dict[str, Any]:
+    """A final FHIR Observation of one of :data:`OBSERVATION_KINDS`."""
+    code, display, unit, ucum = OBSERVATION_KINDS[kind]
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {
+            "coding": [{"system": "http://loinc.org", "code": code, "display": display}],
+            "text": display,
+        },
+        "subject": {"reference": f"Patient/{patient}"},
+        "effectiveDateTime": _instant(when_ms),
+        "valueQuantity": {
+            "value": value,
+            "unit": unit,
+            "system": "http://unitsofmeasure.org",
+            "code": ucum,
+        },
+    }
+
+
+def note_resource(patient: str, author: str, text: str, when_ms: int) -> dict[str, Any]:
+    """A progress note (LOINC 11506-3) as a FHIR DocumentReference with plain text."""
+    return {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "type": {
+            "coding": [
+                {"system": "http://loinc.org", "code": "11506-3", "display": "Progress note"}
+            ],
+            "text": "Progress note",
+        },
+        "subject": {"reference": f"Patient/{patient}"},
+        "date": _instant(when_ms),
+        "author": [{"reference": f"Practitioner/{author}"}],
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "text/plain; charset=utf-8",
+                    "data": base64.b64encode(text.encode("utf-8")).decode("ascii"),
+                }
+            }
+        ],
+    }
+
+
+def dispense_resource(
+    patient: str, prescription: str, request: Mapping[str, Any], pharmacist: str, when_ms: int
+) -> dict[str, Any]:
+    """A completed MedicationDispense copying the prescription's medication and dosage."""
+    resource: dict[str, Any] = {
+        "resourceType": "MedicationDispense",
+        "status": "completed",
+        "subject": {"reference": f"Patient/{patient}"},
+        "performer": [{"actor": {"reference": f"Practitioner/{pharmacist}"}}],
+        "authorizingPrescription": [{"reference": f"MedicationRequest/{prescription}"}],
+        "whenHandedOver": _instant(when_ms),
+    }
+    resource["medicationCodeableConcept"] = copy.deepcopy(
+        request.get("medicationCodeableConcept") or {"text": "medication"}
+    )
+    quantity = (request.get("dispenseRequest") or {}).get("quantity")
+    if quantity:
+        resource["quantity"] = copy.deepcopy(quantity)
+    dosage = request.get("dosageInstruction")
+    if dosage:
+        resource["dosageInstruction"] = copy.deepcopy(dosage)
+    return resource
+
+
+class PortalActions:
+    """The portal's writes, each through the core services (consent checked, audited)."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+
+    def add_observation(self, actor: Actor, patient: str, kind: str, value: float) -> WriteResult:
+        """Write a numeric observation for a patient."""
+        if kind not in OBSERVATION_KINDS:
+            raise InvalidContentError("unknown observation kind")
+        resource = observation_resource(patient, kind, value, self.ws.node.clock())
+        return self.ws.records.write(actor, resource, patient=patient)
+
+    def add_note(self, actor: Actor, patient: str, text: str) -> WriteResult:
+        """Write a progress note for a patient."""
+        if not text.strip() or len(text) > 10_000:
+            raise InvalidContentError("a note needs 1 to 10000 characters")
+        resource = note_resource(patient, actor.id, text, self.ws.node.clock())
+        return self.ws.records.write(actor, resource, patient=patient)
+
+    def dispense(self, actor: Actor, prescription: str) -> TxResult:
+        """Read the shared prescription (audited) and record its dispense with a
+        MedicationDispense copying its medication."""
+        read = self.ws.records.read(actor, prescription, purpose="dispensing")
+        if read.resource_type != "MedicationRequest":
+            raise InvalidContentError("not a prescription")
+        row = self.ws.node.store.get("record", prescription)
+        if row is None:
+            raise NotFoundError("unknown record")
+        patient = str(row["patient"])
+        resource = dispense_resource(
+            patient, prescription, read.resource, actor.id, self.ws.node.clock()
+        )
+        result, _ = self.ws.records.dispense(actor, prescription, resource)
+        return result
