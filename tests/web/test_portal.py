@@ -1,0 +1,236 @@
+"""In-process portal tests: login, sessions, CSRF, lockout, expiry, roles, i18n, and the
+main paths of each role through the real services (consent checked, reads audited)."""
+
+from __future__ import annotations
+
+import re
+
+from rekam.web import i18n
+from tests.web.conftest import Portal, csrf_of, login
+
+
+def test_catalogs_hold_the_same_keys() -> None:
+    assert set(i18n.CATALOG["id"]) == set(i18n.CATALOG["en"])
+
+
+def test_local_formats() -> None:
+    ms = 1_795_474_445_096  # 2026-11-23 22:54 UTC, 05:54 the next day in Jakarta
+    assert i18n.format_time("id", ms) == "24 Nov 2026 05.54 WIB"
+    assert i18n.format_time("en", ms) == "24 Nov 2026, 05:54 WIB"
+    assert i18n.format_number("id", 1234.5) == "1.234,5"
+    assert i18n.format_number("en", 1234.5) == "1,234.5"
+    assert i18n.format_time("id", 1_780_000_000_000).split()[1] == "Mei"
+
+
+def test_indonesian_by_default_and_english_one_click_away(portal: Portal) -> None:
+    client = portal.client()
+    page = client.get("/login")
+    assert '<html lang="id">' in page.text and "Masuk" in page.text
+    switched = client.get("/lang/en", params={"next": "/login"})
+    assert switched.status_code == 303 and switched.headers["location"] == "/login"
+    page = client.get("/login")
+    assert '<html lang="en">' in page.text and "Log in" in page.text
+    # The switch only ever redirects within the site.
+    assert client.get("/lang/id", params={"next": "//evil.example/"}).headers["location"] == "/"
+
+
+def test_security_headers_and_no_scripts(portal: Portal) -> None:
+    client = portal.login("patient-1")
+    for path in ("/login", "/me", "/me/access", "/me/consents"):
+        page = client.get(path)
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "unsafe-inline" not in csp
+        assert "script-src" not in csp  # falls back to default-src 'none': no scripts at all
+        assert "<script" not in page.text.lower()
+        assert page.headers["cache-control"] == "no-store"
+
+
+def test_login_sets_a_strict_httponly_cookie_and_logout_ends_the_session(
+    portal: Portal,
+) -> None:
+    client = portal.client()
+    response = login(client, "patient-1", portal.password("patient-1"))
+    assert response.status_code == 303 and response.headers["location"] == "/me"
+    cookie = next(c for c in response.headers.get_list("set-cookie") if "rekam_sid=" in c)
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    # No key material or passphrase reaches the browser: the cookie is a random session id.
+    assert portal.password("patient-1") not in response.text + cookie
+    me = client.get("/me")
+    assert me.status_code == 200 and "Riwayat medis saya" in me.text
+    # Logging out needs the session's CSRF token.
+    assert client.post("/logout", data={"csrf": "wrong"}).status_code == 403
+    out = client.post("/logout", data={"csrf": csrf_of(me.text)})
+    assert out.status_code == 303 and out.headers["location"] == "/login?msg=logged_out"
+    client.cookies.clear()
+    assert client.get("/me").headers["location"] == "/login"
+
+
+def test_wrong_password_then_lockout_then_release(portal: Portal) -> None:
+    client = portal.client()
+    for _ in range(4):
+        assert login(client, "dokter-melati", "not-the-passphrase").status_code == 401
+    locked = login(client, "dokter-melati", "not-the-passphrase")
+    assert locked.status_code == 429
+    # While locked even the right password is refused.
+    assert login(client, "dokter-melati", portal.password("dokter-melati")).status_code == 429
+    portal.clock.now += 16 * 60
+    ok = login(client, "dokter-melati", portal.password("dokter-melati"))
+    assert ok.status_code == 303 and ok.headers["location"] == "/patients"
+
+
+def test_unknown_users_and_organisations_cannot_log_in(portal: Portal) -> None:
+    client = portal.client()
+    assert login(client, "nobody", "x").status_code == 401
+    assert login(client, "klinik-melati", "x").status_code == 401
+
+
+def test_csrf_refused(portal: Portal) -> None:
+    client = portal.client()
+    client.get("/login")
+    response = client.post(
+        "/login",
+        data={"csrf": "forged", "username": "patient-1", "password": portal.password("patient-1")},
+    )
+    assert response.status_code == 403
+    patient = portal.login("patient-3")
+    before = portal.ws.consent.active_for_patient(portal.id_of("patient-3"))
+    refused = patient.post(
+        "/me/consents",
+        data={"grantee": portal.id_of("dokter-kenanga"), "resource_type": "*", "days": "30"},
+    )
+    assert refused.status_code == 403
+    assert portal.ws.consent.active_for_patient(portal.id_of("patient-3")) == before
+
+
+def test_session_expires_after_inactivity(portal: Portal) -> None:
+    client = portal.login("patient-1")
+    portal.clock.now += 599
+    assert client.get("/me").status_code == 200  # activity keeps it alive
+    portal.clock.now += 601
+    expired = client.get("/me")
+    assert expired.status_code == 303 and expired.headers["location"] == "/login?msg=expired"
+    page = client.get("/login?msg=expired")
+    assert "berakhir karena tidak aktif" in page.text
+
+
+def test_forbidden_pages(portal: Portal) -> None:
+    anonymous = portal.client()
+    assert anonymous.get("/me").headers["location"] == "/login"
+    assert anonymous.get("/patients").headers["location"] == "/login"
+    patient = portal.login("patient-1")
+    assert patient.get("/patients").status_code == 403
+    assert patient.get("/pharmacy").status_code == 403
+    pharmacist = portal.login("apoteker-sentosa")
+    assert pharmacist.get("/me").status_code == 403
+    doctor = portal.login("dokter-kenanga")
+    # Patient 3 has not granted this doctor anything.
+    assert doctor.get(f"/patients/{portal.id_of('patient-3')}").status_code == 403
+    # Another patient's record: the service denies it, and the denial is on the chain.
+    other = portal.ws.records.for_patient(portal.id_of("patient-3"))[0][0]
+    denied = patient.get(f"/records/{other}")
+    assert denied.status_code == 403
+    events = portal.ws.audit.history(portal.id_of("patient-3"))
+    assert events[-1].kind == "access.read" and events[-1].allowed is False
+
+
+def test_patient_grants_doctor_reads_patient_sees_it(portal: Portal) -> None:
+    patient = portal.login("patient-3")
+    page = patient.get("/me/consents")
+    doctor_id = portal.id_of("dokter-kenanga")
+    granted = patient.post(
+        "/me/consents",
+        data={
+            "csrf": csrf_of(page.text),
+            "grantee": doctor_id,
+            "resource_type": "*",
+            "purpose": "treatment",
+            "days": "30",
+        },
+    )
+    assert granted.status_code == 303
+    assert any(
+        r["grantee"] == doctor_id
+        for _, r in portal.ws.consent.active_for_patient(portal.id_of("patient-3"))
+    )
+    doctor = portal.login("dokter-kenanga")
+    listing = doctor.get("/patients")
+    assert portal.id_of("patient-3") in listing.text
+    record = portal.ws.records.for_patient(portal.id_of("patient-3"))[0][0]
+    shown = doctor.get(f"/records/{record}")
+    assert shown.status_code == 200
+    assert "Terverifikasi di rantai" in shown.text and f"/records/{record}/receipt" in shown.text
+    receipt = doctor.get(f"/records/{record}/receipt")
+    assert receipt.status_code == 200 and receipt.json()["format"]
+    history = patient.get("/me/access").text
+    assert "dr. Budi Fiktif" in history and "membaca" in history
+
+
+def test_clinician_adds_an_observation_and_a_note(portal: Portal) -> None:
+    doctor = portal.login("dokter-melati")
+    pid = portal.id_of("patient-2")
+    page = doctor.get(f"/patients/{pid}")
+    assert page.status_code == 200
+    before = len(portal.ws.records.for_patient(pid))
+    token = csrf_of(page.text)
+    added = doctor.post(
+        f"/patients/{pid}/records", data={"csrf": token, "kind": "glucose", "value": "112,5"}
+    )
+    assert added.status_code == 303
+    note = doctor.post(
+        f"/patients/{pid}/records", data={"csrf": token, "kind": "note", "note": "Kontrol 1 minggu"}
+    )
+    assert note.status_code == 303
+    rows = portal.ws.records.for_patient(pid)
+    assert len(rows) == before + 2
+    assert {r["resource_type"] for _, r in rows[-2:]} == {"Observation", "DocumentReference"}
+    obs = doctor.get(f"/records/{rows[-2][0]}")
+    assert "112,5 mg/dL" in obs.text
+    bad = doctor.post(f"/patients/{pid}/records", data={"csrf": token, "kind": "glucose"})
+    assert bad.status_code == 400
+
+
+def test_emergency_needs_reason_and_confirmation_and_is_shown_to_the_patient(
+    portal: Portal,
+) -> None:
+    doctor = portal.login("dokter-kenanga")
+    token = csrf_of(doctor.get("/patients").text)
+    pid = portal.id_of("patient-4")
+    unconfirmed = doctor.post(
+        "/patients/emergency", data={"csrf": token, "patient": pid, "reason": "unconscious"}
+    )
+    assert unconfirmed.status_code == 400
+    no_reason = doctor.post(
+        "/patients/emergency", data={"csrf": token, "patient": pid, "confirm": "yes"}
+    )
+    assert no_reason.status_code == 400
+    assert not [e for e in portal.ws.audit.history(pid) if e.emergency]
+    opened = doctor.post(
+        "/patients/emergency",
+        data={"csrf": token, "patient": pid, "reason": "unconscious", "confirm": "yes"},
+    )
+    assert opened.status_code == 303
+    assert doctor.get(f"/patients/{pid}").status_code == 200
+    patient = portal.login("patient-4")
+    history = patient.get("/me/access").text
+    assert re.search(r'<tr class="emergency[^"]*">', history)
+    assert "AKSES DARURAT" in history
+
+
+def test_pharmacy_dispenses_a_shared_prescription(portal: Portal) -> None:
+    pharmacist = portal.login("apoteker-sentosa")
+    listing = pharmacist.get("/pharmacy")
+    pending = [
+        key
+        for key, row in portal.ws.records.for_patient(portal.id_of("patient-1"))
+        if row["resource_type"] == "MedicationRequest" and not row["dispensed"]
+    ]
+    assert len(pending) == 1 and pending[0] in listing.text
+    page = pharmacist.get(f"/records/{pending[0]}")
+    assert "Serahkan obat" in page.text
+    done = pharmacist.post(f"/pharmacy/{pending[0]}/dispense", data={"csrf": csrf_of(page.text)})
+    assert done.status_code == 303
+    head = portal.ws.node.store.get("record", pending[0])
+    assert head is not None and head["dispensed"]
+    # A second dispense of the same prescription is refused by the ledger rules.
+    again = pharmacist.post(f"/pharmacy/{pending[0]}/dispense", data={"csrf": csrf_of(page.text)})
+    assert again.status_code in (403, 409)
