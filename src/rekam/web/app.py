@@ -133,6 +133,14 @@ def _local_path(target: str | None) -> str:
 def summarize(resource: Mapping[str, Any], lang: str) -> list[tuple[str, str]]:
     """A few readable lines of a FHIR resource (code, value, dates, medication, note)."""
     lines: list[tuple[str, str]] = []
+    for name in resource.get("name") or []:
+        given = " ".join(name.get("given") or [])
+        text = name.get("text") or f"{given} {name.get('family', '')}".strip()
+        if text:
+            lines.append(("name", str(text)))
+    for key in ("gender", "birthDate"):
+        if isinstance(resource.get(key), str):
+            lines.append((key, resource[key]))
     for key in ("code", "medicationCodeableConcept", "type", "class"):
         concept = resource.get(key)
         if isinstance(concept, list):
