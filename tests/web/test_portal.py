@@ -234,3 +234,51 @@ def test_pharmacy_dispenses_a_shared_prescription(portal: Portal) -> None:
     # A second dispense of the same prescription is refused by the ledger rules.
     again = pharmacist.post(f"/pharmacy/{pending[0]}/dispense", data={"csrf": csrf_of(page.text)})
     assert again.status_code in (403, 409)
+
+
+def test_org_admin_enrols_and_revokes_a_member(portal: Portal) -> None:
+    admin = portal.login("admin-melati")
+    page = admin.get("/admin")
+    assert page.status_code == 200 and "dr. Andi Contoh" in page.text
+    token = csrf_of(page.text)
+    short = admin.post(
+        "/admin/members",
+        data={"csrf": token, "label": "Nia Contoh", "role": "nurse", "password": "short"},
+    )
+    assert short.status_code == 400
+    enrolled = admin.post(
+        "/admin/members",
+        data={
+            "csrf": token,
+            "label": "Nia Contoh",
+            "role": "nurse",
+            "password": "kata-sandi-awal-123",
+        },
+    )
+    assert enrolled.status_code == 303
+    member = next(k for k, v in portal.ws.datadir.labels().items() if v == "Nia Contoh")
+    nurse = portal.client()
+    assert login(nurse, member, "kata-sandi-awal-123").headers["location"] == "/patients"
+    revoked = admin.post(f"/admin/members/{member}/revoke", data={"csrf": token})
+    assert revoked.status_code == 303
+    row = portal.ws.node.store.get("member", member)
+    assert row is not None and row["revoked"]
+    # A revoked member can no longer log in.
+    assert login(portal.client(), member, "kata-sandi-awal-123").status_code == 401
+    # An admin cannot revoke a member of another organisation.
+    other = portal.id_of("dokter-kenanga")
+    assert admin.post(f"/admin/members/{other}/revoke", data={"csrf": token}).status_code == 403
+
+
+def test_admin_runs_verification_and_sees_its_members_events(portal: Portal) -> None:
+    doctor = portal.login("dokter-kenanga")
+    assert doctor.get("/admin").status_code == 403
+    admin = portal.login("admin-melati")
+    page = admin.get("/admin")
+    report = admin.post("/admin/verify", data={"csrf": csrf_of(page.text)})
+    assert report.status_code == 200 and "Verifikasi berhasil" in report.text
+    reads = admin.get("/admin", params={"kind": "record.write"}).text
+    events = reads.split('id="events"')[1]
+    assert "dr. Andi Contoh" in events and "menulis" in events
+    # Only this organisation's members' events: the other clinic's doctor is absent.
+    assert "dr. Budi Fiktif" not in events

@@ -298,3 +298,67 @@ class PortalActions:
         )
         result, _ = self.ws.records.dispense(actor, prescription, resource)
         return result
+
+
+@dataclass(frozen=True)
+class OrgEvent:
+    """One ledger event made by a member of an organisation (no clinical content)."""
+
+    tx_id: str
+    time: int
+    kind: str
+    actor: str
+    patient: str
+    resource_type: str | None
+    allowed: bool | None
+    basis: str | None
+    purpose: str | None
+
+
+class OrgAdminQueries:
+    """What an organisation's admin may see: its members, node status and its members'
+    access events (pseudonymous ids and codes only, never content)."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+
+    def members(self, org: str) -> list[tuple[str, dict[str, Any]]]:
+        """The organisation's members, active first."""
+        rows = self.ws.node.store.query("member", {"org": org})
+        return sorted(rows, key=lambda item: (item[1]["revoked"], item[1]["role"], item[0]))
+
+    def status(self) -> dict[str, Any]:
+        """Network id, head height and the latest checkpoint's height."""
+        store = self.ws.node.store
+        latest = store.latest_checkpoint()
+        return {
+            "network": self.ws.node.network_id,
+            "height": self.ws.node.head.height,
+            "checkpoint": int(latest.body["height"]) if latest else None,
+            "orgs": len(store.query("org", {"active": True})),
+        }
+
+    def events(self, org: str, kind: str | None = None, limit: int = 200) -> list[OrgEvent]:
+        """The newest events made by the organisation's members (or itself), newest first."""
+        store = self.ws.node.store
+        where: dict[str, Any] = {"actor_org": org}
+        if kind:
+            where["kind"] = kind
+        rows = store.query("event", where, order_by="time")
+        out = []
+        for tx_id, row in reversed(rows[-limit:]):
+            record = store.get("record", row["record"]) if row["record"] else None
+            out.append(
+                OrgEvent(
+                    tx_id=tx_id,
+                    time=row["time"],
+                    kind=row["kind"],
+                    actor=row["actor"],
+                    patient=row["patient"],
+                    resource_type=record["resource_type"] if record else None,
+                    allowed=row["allowed"],
+                    basis=row["basis"],
+                    purpose=row["purpose"],
+                )
+            )
+        return out

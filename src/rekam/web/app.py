@@ -33,7 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rekam.crypto import CryptoError
-from rekam.ledger.tx import EMERGENCY_REASONS, RESOURCE_TYPES, id_kind
+from rekam.ledger.tx import EMERGENCY_REASONS, RESOURCE_TYPES, ROLES, id_kind
 from rekam.service.datadir import DataDirError
 from rekam.service.errors import (
     AccessDenied,
@@ -43,7 +43,13 @@ from rekam.service.errors import (
     RejectedError,
     ServiceError,
 )
-from rekam.service.portal import OBSERVATION_KINDS, PortalActions, PortalService
+from rekam.service.portal import (
+    OBSERVATION_KINDS,
+    OrgAdminQueries,
+    PortalActions,
+    PortalService,
+)
+from rekam.service.verify import verify_chain
 from rekam.service.workspace import Workspace
 from rekam.web import i18n
 from rekam.web.security import LoginGuard, SessionStore, WebSession, same_token
@@ -68,7 +74,19 @@ FLASH_KEYS = (
     "added",
     "emergency_opened",
     "dispensed_ok",
+    "enrolled",
+    "member_revoked",
 )
+EVENT_KINDS = (
+    "access.read",
+    "record.write",
+    "emergency.open",
+    "prescription.dispense",
+    "consent.grant",
+    "consent.revoke",
+)
+# Enough for a pass phrase an admin hands over; the keystore's Argon2id does the stretching.
+MIN_PASSWORD = 12
 
 
 class ServiceLock(Protocol):
@@ -192,6 +210,7 @@ def create_portal(
     guard = LoginGuard(config.max_failures, config.lockout_seconds, config.lockout_seconds, clock)
     queries = PortalService(ws)
     actions = PortalActions(ws)
+    admin = OrgAdminQueries(ws)
     credentials = dict(config.credentials) or _load_credentials(ws.datadir.root)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -204,14 +223,21 @@ def create_portal(
     app.state.guard = guard
 
     async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await _run(False, fn, *args, **kwargs)
+
+    async def call_alone(fn: Callable[..., T], *args: Any) -> T:
+        # A full verification compares stored state with a replay: no write may interleave.
+        return await _run(True, fn, *args)
+
+    async def _run(exclusive: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         def run() -> T:
             if lock is None:
                 return fn(*args, **kwargs)
-            lock.acquire(False)
+            lock.acquire(exclusive)
             try:
                 return fn(*args, **kwargs)
             finally:
-                lock.release(False)
+                lock.release(exclusive)
 
         return await run_in_threadpool(run)
 
@@ -282,6 +308,8 @@ def create_portal(
             return "/me"
         if session.role == "pharmacist":
             return "/pharmacy"
+        if session.role == "admin":
+            return "/admin"
         return "/patients"
 
     @app.exception_handler(PortalError)
@@ -600,6 +628,64 @@ def create_portal(
         await form_of(request, session)
         await call(actions.dispense, session.actor, record[:80])
         return redirect("/pharmacy", "dispensed_ok")
+
+    # -- organisation admin ---------------------------------------------------------------
+
+    async def admin_page(
+        request: Request, session: WebSession, status: int = 200, **extra: Any
+    ) -> Response:
+        org = session.org or ""
+        kind = request.query_params.get("kind") or None
+        if kind is not None and kind not in EVENT_KINDS:
+            kind = None
+        return render(
+            request,
+            "admin.html",
+            session,
+            status,
+            members=await call(admin.members, org),
+            node=await call(admin.status),
+            events=await call(admin.events, org, kind),
+            kind=kind,
+            kinds=EVENT_KINDS,
+            roles=tuple(r for r in ROLES if r != "admin"),
+            **{"report": None, "error": None, **extra},
+        )
+
+    @app.get("/admin")
+    async def admin_home(request: Request) -> Response:
+        return await admin_page(request, current(request, "admin"))
+
+    @app.post("/admin/members")
+    async def enrol(request: Request) -> Response:
+        session = current(request, "admin")
+        form = await form_of(request, session)
+        role = str(form.get("role") or "")
+        label = str(form.get("label") or "").strip()[:120]
+        password = str(form.get("password") or "")
+        if role not in ROLES or role == "admin" or not label:
+            raise PortalError(400, "bad_request")
+        if len(password) < MIN_PASSWORD:
+            return await admin_page(request, session, 400, error="password_short")
+        await call(ws.admin.enrol_member, session.actor, role, password, label=label)
+        return redirect("/admin", "enrolled")
+
+    @app.post("/admin/members/{member}/revoke")
+    async def revoke_member(request: Request, member: str) -> Response:
+        session = current(request, "admin")
+        await form_of(request, session)
+        row = await call(ws.node.store.get, "member", member[:80])
+        if row is None or row["org"] != session.org or member == session.actor.id:
+            raise PortalError(403, "forbidden")
+        await call(ws.admin.revoke_member, session.actor, member)
+        return redirect("/admin", "member_revoked")
+
+    @app.post("/admin/verify")
+    async def verify(request: Request) -> Response:
+        session = current(request, "admin")
+        await form_of(request, session)
+        report = await call_alone(verify_chain, ws.node.store, ws.genesis, ws.node.blobs)
+        return await admin_page(request, session, report=report)
 
     return app
 
