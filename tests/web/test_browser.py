@@ -241,6 +241,10 @@ def test_screenshots_in_both_languages_and_widths(
         width = patient.evaluate("document.documentElement.scrollWidth")
         assert width <= viewport["width"], width
         patient.screenshot(path=shots / f"patient-timeline-en-{viewport_name}.png", full_page=True)
+        patient.get_by_role("link", name="Results chart").click()
+        assert patient.locator("figure.chart svg polyline").count() >= 1
+        assert patient.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+        patient.screenshot(path=shots / f"patient-chart-en-{viewport_name}.png", full_page=True)
         patient.context.close()
     assert len(list(shots.glob("*.png"))) >= 8
 

@@ -282,3 +282,30 @@ def test_admin_runs_verification_and_sees_its_members_events(portal: Portal) -> 
     assert "dr. Andi Contoh" in events and "menulis" in events
     # Only this organisation's members' events: the other clinic's doctor is absent.
     assert "dr. Budi Fiktif" not in events
+
+
+def test_patient_chart_of_numeric_observations(portal: Portal) -> None:
+    doctor = portal.login("dokter-melati")
+    pid = portal.id_of("patient-2")
+    token = csrf_of(doctor.get(f"/patients/{pid}").text)
+    for value in ("98", "131,5", "105"):
+        added = doctor.post(
+            f"/patients/{pid}/records", data={"csrf": token, "kind": "glucose", "value": value}
+        )
+        assert added.status_code == 303
+    patient = portal.login("patient-2")
+    reads_before = sum(1 for e in portal.ws.audit.history(pid) if e.kind == "access.read")
+    page = patient.get("/me/chart")
+    assert page.status_code == 200
+    svg = page.text.split("<svg", 1)[1].split("</svg>", 1)[0]
+    points = re.search(r'<polyline[^>]*points="([^"]+)"', svg)
+    assert points is not None
+    coords = [tuple(map(float, p.split(","))) for p in points.group(1).split()]
+    assert len(coords) == 3
+    # Time runs left to right; the highest value (131.5) is drawn highest (smallest y).
+    assert coords[0][0] < coords[1][0] < coords[2][0]
+    assert coords[1][1] < coords[2][1] < coords[0][1]
+    assert "131,5 mg/dL" in page.text
+    # Drawing the chart read each observation through the audited read path.
+    reads_after = sum(1 for e in portal.ws.audit.history(pid) if e.kind == "access.read")
+    assert reads_after == reads_before + 3

@@ -51,7 +51,7 @@ from rekam.service.portal import (
 )
 from rekam.service.verify import verify_chain
 from rekam.service.workspace import Workspace
-from rekam.web import i18n
+from rekam.web import chart, i18n
 from rekam.web.security import LoginGuard, SessionStore, WebSession, same_token
 
 log = logging.getLogger("rekam.web")
@@ -431,6 +431,21 @@ def create_portal(
         session = current(request, "patient")
         records = await call(ws.records.for_patient, session.actor.id)
         return render(request, "timeline.html", session, records=list(reversed(records)))
+
+    @app.get("/me/chart")
+    async def chart_page(request: Request) -> Response:
+        session = current(request, "patient")
+        heads = await call(ws.records.for_patient, session.actor.id)
+        observations = []
+        for key, row in heads:
+            if row["resource_type"] == "Observation" and not row["erased"]:
+                # Each read is the patient's own, audited read, like opening the record.
+                result = await call(ws.records.read, session.actor, key, None, "own")
+                observations.append(result.resource)
+        charts = [
+            chart.layout(title, series) for title, series in chart.collect(observations).items()
+        ]
+        return render(request, "chart.html", session, charts=charts)
 
     @app.get("/me/access")
     async def access(request: Request) -> Response:
