@@ -309,3 +309,46 @@ def test_patient_chart_of_numeric_observations(portal: Portal) -> None:
     # Drawing the chart read each observation through the audited read path.
     reads_after = sum(1 for e in portal.ws.audit.history(pid) if e.kind == "access.read")
     assert reads_after == reads_before + 3
+
+
+def test_totp_second_factor(portal: Portal) -> None:
+    import pyotp
+    from fastapi.testclient import TestClient
+
+    from rekam.web import PortalConfig, create_portal
+
+    wall = [1_800_000_000.0]
+    app = create_portal(portal.ws, config=PortalConfig(wall_clock=lambda: wall[0]))
+
+    def client() -> TestClient:
+        return TestClient(app, base_url="http://testserver", follow_redirects=False)
+
+    def attempt(code: str) -> int:
+        page = client()
+        form = page.get("/login").text
+        data = {
+            "csrf": csrf_of(form),
+            "username": "patient-2",
+            "password": portal.password("patient-2"),
+            "code": code,
+        }
+        return int(page.post("/login", data=data).status_code)
+
+    user = client()
+    assert login(user, "patient-2", portal.password("patient-2")).status_code == 303
+    page = user.get("/account").text
+    secret = re.search(r'<code id="totp-secret">([A-Z2-7=]+)</code>', page)
+    assert secret is not None
+    totp = pyotp.TOTP(secret.group(1))
+    wrong = user.post("/account/totp", data={"csrf": csrf_of(page), "code": "000000"})
+    assert wrong.status_code == 400
+    ok = user.post("/account/totp", data={"csrf": csrf_of(page), "code": totp.at(wall[0])})
+    assert ok.status_code == 303
+    # The stored secret is wrapped to the patient's key: not readable from the file.
+    assert secret.group(1) not in (portal.root / "portal-totp.json").read_text("utf-8")
+    wall[0] += 60
+    assert attempt("") == 401  # the password alone no longer suffices
+    assert attempt("123456" if totp.at(wall[0]) != "123456" else "654321") == 401
+    code = totp.at(wall[0])
+    assert attempt(code) == 303
+    assert attempt(code) == 401  # a code works once

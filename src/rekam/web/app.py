@@ -49,6 +49,7 @@ from rekam.service.portal import (
     PortalActions,
     PortalService,
 )
+from rekam.service.portal_auth import TotpStore, new_secret, provisioning_uri
 from rekam.service.verify import verify_chain
 from rekam.service.workspace import Workspace
 from rekam.web import chart, i18n
@@ -76,6 +77,8 @@ FLASH_KEYS = (
     "dispensed_ok",
     "enrolled",
     "member_revoked",
+    "totp_enabled",
+    "totp_disabled",
 )
 EVENT_KINDS = (
     "access.read",
@@ -107,6 +110,8 @@ class PortalConfig:
     max_failures: int = 5
     lockout_seconds: float = 15 * 60
     clock: Callable[[], float] | None = None
+    # Wall-clock seconds for TOTP codes (the session clock above is monotonic).
+    wall_clock: Callable[[], float] | None = None
     credentials: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -211,6 +216,8 @@ def create_portal(
     queries = PortalService(ws)
     actions = PortalActions(ws)
     admin = OrgAdminQueries(ws)
+    totp = TotpStore(ws.datadir.root)
+    wall = config.wall_clock or time.time
     credentials = dict(config.credentials) or _load_credentials(ws.datadir.root)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -385,8 +392,11 @@ def create_portal(
                 return login_page(request, 429, "login_locked")
             return login_page(request, 401, "login_failed")
         role = queries.role(actor)
-        if role == "none":
+        code = str(form.get("code") or "")[:20]
+        if role == "none" or not await call(totp.check, actor, code, wall()):
             guard.failed(user_key, client)
+            if guard.locked(user_key, client):
+                return login_page(request, 429, "login_locked")
             return login_page(request, 401, "login_failed")
         guard.succeeded(user_key)
         session = sessions.create(actor, role, queries.member_org(actor), name or principal)
@@ -423,6 +433,50 @@ def create_portal(
             httponly=True,
         )
         return response
+
+    # -- account: optional TOTP second factor ---------------------------------------------
+
+    async def account_page(
+        request: Request, session: WebSession, status: int = 200, error: str | None = None
+    ) -> Response:
+        enabled = await call(totp.enabled, session.actor.id)
+        if not enabled and session.pending_totp is None:
+            session.pending_totp = new_secret()
+        secret = None if enabled else session.pending_totp
+        return render(
+            request,
+            "account.html",
+            session,
+            status,
+            enabled=enabled,
+            secret=secret,
+            uri=provisioning_uri(secret, session.actor.id) if secret else None,
+            error=error,
+        )
+
+    @app.get("/account")
+    async def account(request: Request) -> Response:
+        return await account_page(request, current(request))
+
+    @app.post("/account/totp")
+    async def totp_enable(request: Request) -> Response:
+        session = current(request)
+        form = await form_of(request, session)
+        code = str(form.get("code") or "")[:20]
+        secret = session.pending_totp
+        if secret is None or not await call(totp.enable, session.actor, secret, code, wall()):
+            return await account_page(request, session, 400, "totp_wrong")
+        session.pending_totp = None
+        return redirect("/account", "totp_enabled")
+
+    @app.post("/account/totp/disable")
+    async def totp_disable(request: Request) -> Response:
+        session = current(request)
+        form = await form_of(request, session)
+        code = str(form.get("code") or "")[:20]
+        if not await call(totp.disable, session.actor, code, wall()):
+            return await account_page(request, session, 400, "totp_wrong")
+        return redirect("/account", "totp_disabled")
 
     # -- patient --------------------------------------------------------------------------
 

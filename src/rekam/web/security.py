@@ -28,6 +28,8 @@ class WebSession:
     name: str
     csrf: str
     last_seen: float
+    # A TOTP secret shown on the account page and not yet confirmed with a code.
+    pending_totp: str | None = None
 
 
 def same_token(expected: str, given: str | None) -> bool:
