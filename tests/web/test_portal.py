@@ -352,3 +352,32 @@ def test_totp_second_factor(portal: Portal) -> None:
     code = totp.at(wall[0])
     assert attempt(code) == 303
     assert attempt(code) == 401  # a code works once
+
+
+def test_patient_exports_a_bundle_and_erases_a_record(portal: Portal) -> None:
+    pid = portal.id_of("patient-2")
+    patient = portal.login("patient-2")
+    heads = portal.ws.records.for_patient(pid)
+    bundle = patient.get("/me/export")
+    assert bundle.status_code == 200
+    assert "attachment" in bundle.headers["content-disposition"]
+    doc = bundle.json()
+    assert doc["resourceType"] == "Bundle" and doc["total"] == len(heads)
+    assert {e["resource"]["resourceType"] for e in doc["entry"]} == {
+        r["resource_type"] for _, r in heads
+    }
+    condition = next(k for k, r in heads if r["resource_type"] == "Condition")
+    page = patient.get(f"/records/{condition}")
+    assert "Hapus catatan" in page.text
+    token = csrf_of(page.text)
+    unconfirmed = patient.post(f"/records/{condition}/erase", data={"csrf": token})
+    assert unconfirmed.status_code == 400
+    other = portal.ws.records.for_patient(portal.id_of("patient-1"))[1][0]
+    refused = patient.post(f"/records/{other}/erase", data={"csrf": token, "confirm": "yes"})
+    assert refused.status_code == 404
+    erased = patient.post(f"/records/{condition}/erase", data={"csrf": token, "confirm": "yes"})
+    assert erased.status_code == 303
+    head = portal.ws.node.store.get("record", condition)
+    assert head is not None and head["erased"]
+    assert patient.get(f"/records/{condition}").status_code == 410
+    assert patient.get("/me/export").json()["total"] == len(heads) - 1

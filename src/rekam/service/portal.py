@@ -364,3 +364,21 @@ class OrgAdminQueries:
                 )
             )
         return out
+
+
+def export_bundle(ws: Workspace, patient: Actor) -> dict[str, Any]:
+    """Everything of a patient's as a FHIR collection Bundle, each record read (and audited)
+    as the patient's own read; erased records are left out."""
+    entries = []
+    for key, row in ws.records.for_patient(patient.id):
+        if row["erased"]:
+            continue
+        result = ws.records.read(patient, key, None, "own")
+        entries.append({"fullUrl": f"urn:rekam:{key}", "resource": result.resource})
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": _instant(ws.node.clock()),
+        "total": len(entries),
+        "entry": entries,
+    }

@@ -48,6 +48,7 @@ from rekam.service.portal import (
     OrgAdminQueries,
     PortalActions,
     PortalService,
+    export_bundle,
 )
 from rekam.service.portal_auth import TotpStore, new_secret, provisioning_uri
 from rekam.service.verify import verify_chain
@@ -79,6 +80,7 @@ FLASH_KEYS = (
     "member_revoked",
     "totp_enabled",
     "totp_disabled",
+    "erased_ok",
 )
 EVENT_KINDS = (
     "access.read",
@@ -501,6 +503,28 @@ def create_portal(
         ]
         return render(request, "chart.html", session, charts=charts)
 
+    @app.get("/me/export")
+    async def export(request: Request) -> Response:
+        session = current(request, "patient")
+        bundle = await call(export_bundle, ws, session.actor)
+        return Response(
+            json.dumps(bundle, indent=2, ensure_ascii=False).encode("utf-8"),
+            media_type="application/fhir+json",
+            headers={"Content-Disposition": 'attachment; filename="rekam-export.json"'},
+        )
+
+    @app.post("/records/{record}/erase")
+    async def erase(request: Request, record: str) -> Response:
+        session = current(request, "patient")
+        form = await form_of(request, session)
+        head = await call(ws.node.store.get, "record", record[:80])
+        if head is None or head["patient"] != session.actor.id:
+            raise PortalError(404, "not_found")
+        if form.get("confirm") != "yes":
+            raise PortalError(400, "bad_request")
+        await call(ws.records.erase, session.actor, record)
+        return redirect("/me", "erased_ok")
+
     @app.get("/me/access")
     async def access(request: Request) -> Response:
         session = current(request, "patient")
@@ -588,6 +612,7 @@ def create_portal(
             proof=proof,
             summary=summarize(result.resource, lang),
             content=json.dumps(result.resource, indent=2, ensure_ascii=False),
+            can_erase=session.role == "patient" and head["resource_type"] != "Patient",
             can_dispense=session.role == "pharmacist"
             and head["resource_type"] == "MedicationRequest"
             and not head["dispensed"],

@@ -134,6 +134,15 @@ CATALOG: dict[str, dict[str, str]] = {
         "home": "Beranda",
         "value_required": "Isi nilai atau catatan.",
         "nav_account": "Akun",
+        "export": "Unduh semua catatan (FHIR Bundle)",
+        "erase_title": "Minta penghapusan catatan ini",
+        "erase_warning": (
+            "Isi dan kuncinya dihapus permanen; rantai hanya menyimpan tanda bahwa catatan "
+            "pernah ada. Akses yang sudah terjadi tidak bisa ditarik kembali."
+        ),
+        "erase_confirm": "Saya ingin menghapus catatan ini secara permanen",
+        "erase_button": "Hapus catatan",
+        "erased_ok": "Catatan dihapus.",
         "account_title": "Akun dan keamanan",
         "code": "Kode autentikator (jika diaktifkan)",
         "totp_title": "Verifikasi dua langkah (TOTP)",
@@ -311,6 +320,15 @@ CATALOG: dict[str, dict[str, str]] = {
         "home": "Home",
         "value_required": "Enter a value or a note.",
         "nav_account": "Account",
+        "export": "Download all records (FHIR Bundle)",
+        "erase_title": "Ask for this record to be erased",
+        "erase_warning": (
+            "Its content and keys are destroyed for good; the chain keeps only a marker that "
+            "the record existed. Accesses that already happened cannot be taken back."
+        ),
+        "erase_confirm": "I want to erase this record permanently",
+        "erase_button": "Erase record",
+        "erased_ok": "Record erased.",
         "account_title": "Account and security",
         "code": "Authenticator code (if enabled)",
         "totp_title": "Two-step verification (TOTP)",
