@@ -381,3 +381,57 @@ def test_patient_exports_a_bundle_and_erases_a_record(portal: Portal) -> None:
     assert head is not None and head["erased"]
     assert patient.get(f"/records/{condition}").status_code == 410
     assert patient.get("/me/export").json()["total"] == len(heads) - 1
+
+
+def test_doctor_prescribes_patient_shares_pharmacy_dispenses(portal: Portal) -> None:
+    pid = portal.id_of("patient-2")
+    nurse = portal.login("perawat-melati")
+    nurse_page = nurse.get(f"/patients/{pid}")
+    assert nurse_page.status_code == 200 and "Tulis resep" not in nurse_page.text
+    assert (
+        nurse.post(
+            f"/patients/{pid}/prescriptions",
+            data={"csrf": csrf_of(nurse_page.text), "medication": "93001019", "quantity": "10"},
+        ).status_code
+        == 403
+    )
+    doctor = portal.login("dokter-melati")
+    token = csrf_of(doctor.get(f"/patients/{pid}").text)
+    assert (
+        doctor.post(f"/patients/{pid}/conditions", data={"csrf": token, "icd10": "I10"}).status_code
+        == 303
+    )
+    assert (
+        doctor.post(
+            f"/patients/{pid}/conditions", data={"csrf": token, "icd10": "Z99.9"}
+        ).status_code
+        == 400
+    )
+    prescribed = doctor.post(
+        f"/patients/{pid}/prescriptions",
+        data={"csrf": token, "medication": "93001245", "quantity": "30"},
+    )
+    assert prescribed.status_code == 303
+    rx = portal.ws.records.for_patient(pid)[-1][0]
+    pharmacist = portal.login("apoteker-sentosa")
+    assert rx not in pharmacist.get("/pharmacy").text  # not shared yet
+    patient = portal.login("patient-2")
+    page = patient.get("/me/consents")
+    granted = patient.post(
+        "/me/consents",
+        data={
+            "csrf": csrf_of(page.text),
+            "grantee": "apotek-sentosa",
+            "resource_type": "MedicationRequest",
+            "purpose": "dispensing",
+            "days": "7",
+        },
+    )
+    assert granted.status_code == 303
+    assert rx in pharmacist.get("/pharmacy").text
+    shown = pharmacist.get(f"/records/{rx}")
+    assert "Amlodipin 10 mg Tablet" in shown.text
+    done = pharmacist.post(f"/pharmacy/{rx}/dispense", data={"csrf": csrf_of(shown.text)})
+    assert done.status_code == 303
+    history = patient.get("/me/access").text
+    assert "menyerahkan obat" in history

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from rekam.ledger.block import Checkpoint
 from rekam.ledger.tx import id_kind
 from rekam.ledger.validate import TxResult
+from rekam.records import synthetic
 from rekam.service.errors import InvalidContentError, NotFoundError
 from rekam.service.proofs import (
     ReceiptError,
@@ -265,6 +266,50 @@ def dispense_resource(
     return resource
 
 
+def condition_resource(patient: str, author: str, icd10: str, when_ms: int) -> dict[str, Any]:
+    """A confirmed encounter diagnosis coded with one of :data:`synthetic.CONDITIONS`."""
+    code, display, text = next(c for c in synthetic.CONDITIONS if c[0] == icd10)
+    system = "http://terminology.hl7.org/CodeSystem/"
+    return {
+        "resourceType": "Condition",
+        "clinicalStatus": {"coding": [{"system": f"{system}condition-clinical", "code": "active"}]},
+        "verificationStatus": {
+            "coding": [{"system": f"{system}condition-ver-status", "code": "confirmed"}]
+        },
+        "category": [
+            {"coding": [{"system": f"{system}condition-category", "code": "encounter-diagnosis"}]}
+        ],
+        "code": {
+            "coding": [{"system": synthetic.ICD10_SYSTEM, "code": code, "display": display}],
+            "text": text,
+        },
+        "subject": {"reference": f"Patient/{patient}"},
+        "recordedDate": _instant(when_ms),
+        "recorder": {"reference": f"Practitioner/{author}"},
+    }
+
+
+def prescription_resource(
+    patient: str, author: str, kfa: str, quantity: int, when_ms: int
+) -> dict[str, Any]:
+    """An active MedicationRequest for one of the network's listed medications."""
+    code, display, unit, instruction = next(m for m in synthetic.MEDICATIONS if m[0] == kfa)
+    return {
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "medicationCodeableConcept": {
+            "coding": [{"system": synthetic.KFA_SYSTEM, "code": code, "display": display}],
+            "text": display,
+        },
+        "subject": {"reference": f"Patient/{patient}"},
+        "authoredOn": _instant(when_ms),
+        "requester": {"reference": f"Practitioner/{author}"},
+        "dosageInstruction": [{"sequence": 1, "text": instruction}],
+        "dispenseRequest": {"quantity": {"value": quantity, "unit": unit}},
+    }
+
+
 class PortalActions:
     """The portal's writes, each through the core services (consent checked, audited)."""
 
@@ -285,6 +330,20 @@ class PortalActions:
         resource = note_resource(patient, actor.id, text, self.ws.node.clock())
         return self.ws.records.write(actor, resource, patient=patient)
 
+    def add_condition(self, actor: Actor, patient: str, icd10: str) -> WriteResult:
+        """Write a diagnosis coded from the listed ICD-10 codes."""
+        if icd10 not in {c[0] for c in synthetic.CONDITIONS}:
+            raise InvalidContentError("unknown diagnosis code")
+        resource = condition_resource(patient, actor.id, icd10, self.ws.node.clock())
+        return self.ws.records.write(actor, resource, patient=patient)
+
+    def add_prescription(self, actor: Actor, patient: str, kfa: str, quantity: int) -> WriteResult:
+        """Write a prescription for a listed medication."""
+        if kfa not in {m[0] for m in synthetic.MEDICATIONS} or not 1 <= quantity <= 1000:
+            raise InvalidContentError("unknown medication or quantity out of range")
+        resource = prescription_resource(patient, actor.id, kfa, quantity, self.ws.node.clock())
+        return self.ws.records.write(actor, resource, patient=patient)
+
     def dispense(self, actor: Actor, prescription: str) -> TxResult:
         """Read the shared prescription (audited) and record its dispense with a
         MedicationDispense copying its medication."""
@@ -295,9 +354,13 @@ class PortalActions:
         if row is None:
             raise NotFoundError("unknown record")
         patient = str(row["patient"])
-        resource = dispense_resource(
-            patient, prescription, read.resource, actor.id, self.ws.node.clock()
-        )
+        resource = None
+        # The MedicationDispense record needs a consent that covers writing that type; a
+        # consent for the prescription alone still allows the dispense event itself.
+        if self.ws.records.basis_for(actor.id, patient, None, "MedicationDispense", "dispensing"):
+            resource = dispense_resource(
+                patient, prescription, read.resource, actor.id, self.ws.node.clock()
+            )
         result, _ = self.ws.records.dispense(actor, prescription, resource)
         return result
 

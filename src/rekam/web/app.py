@@ -30,10 +30,12 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rekam.crypto import CryptoError
 from rekam.ledger.tx import EMERGENCY_REASONS, RESOURCE_TYPES, ROLES, id_kind
+from rekam.records import synthetic
 from rekam.service.datadir import DataDirError
 from rekam.service.errors import (
     AccessDenied,
@@ -302,7 +304,7 @@ def create_portal(
             raise PortalError(403, "forbidden")
         return session
 
-    async def form_of(request: Request, session: WebSession) -> Mapping[str, Any]:
+    async def form_of(request: Request, session: WebSession) -> FormData:
         form = await request.form()
         token = form.get("csrf")
         if not same_token(session.csrf, token if isinstance(token, str) else None):
@@ -551,7 +553,7 @@ def create_portal(
         session = current(request, "patient")
         form = await form_of(request, session)
         grantee = str(form.get("grantee") or "")
-        types = str(form.get("resource_type") or "*")
+        types = [str(v) for v in form.getlist("resource_type")] or ["*"]
         purpose = str(form.get("purpose") or "treatment")
         try:
             days = int(str(form.get("days") or "30"))
@@ -559,14 +561,16 @@ def create_portal(
             raise PortalError(400, "bad_request") from None
         if not 1 <= days <= 365 or purpose not in ("treatment", "dispensing", "referral"):
             raise PortalError(400, "bad_request")
-        if types != "*" and types not in RESOURCE_TYPES:
+        if "*" in types:
+            types = ["*"]
+        elif any(t not in RESOURCE_TYPES for t in types):
             raise PortalError(400, "bad_request")
         await call(
             ws.consent.grant,
             session.actor,
             session.actor.id,
             grantee,
-            resource_types=[types],
+            resource_types=types,
             purpose=purpose,
             days=days,
         )
@@ -673,6 +677,9 @@ def create_portal(
             link=links[patient],
             records=list(reversed(records)),
             kinds=("note", *OBSERVATION_KINDS),
+            conditions=synthetic.CONDITIONS,
+            medications=synthetic.MEDICATIONS,
+            prescriber=session.role == "doctor",
         )
 
     @app.post("/patients/{patient}/records")
@@ -693,6 +700,25 @@ def create_portal(
             await call(actions.add_observation, session.actor, patient, kind, value)
         else:
             raise PortalError(400, "bad_request")
+        return redirect(f"/patients/{patient}", "added")
+
+    @app.post("/patients/{patient}/conditions")
+    async def add_condition(request: Request, patient: str) -> Response:
+        session = current(request, "doctor")
+        form = await form_of(request, session)
+        await call(actions.add_condition, session.actor, patient, str(form.get("icd10") or ""))
+        return redirect(f"/patients/{patient}", "added")
+
+    @app.post("/patients/{patient}/prescriptions")
+    async def add_prescription(request: Request, patient: str) -> Response:
+        session = current(request, "doctor")
+        form = await form_of(request, session)
+        try:
+            quantity = int(str(form.get("quantity") or ""))
+        except ValueError:
+            raise PortalError(400, "bad_request") from None
+        kfa = str(form.get("medication") or "")
+        await call(actions.add_prescription, session.actor, patient, kfa, quantity)
         return redirect(f"/patients/{patient}", "added")
 
     @app.post("/patients/emergency")
