@@ -279,6 +279,8 @@ def create_portal(
         def t(key: str, **kw: Any) -> str:
             return i18n.translate(lang, key, **kw)
 
+        labels = ws.datadir.labels()  # read once per page, not once per table row
+
         html = env.get_template(template).render(
             t=t,
             lang=lang,
@@ -288,7 +290,7 @@ def create_portal(
             when=lambda ms: i18n.format_time(lang, ms),
             number=lambda v: i18n.format_number(lang, v),
             field=lambda name: i18n.field_label(lang, name),
-            label=lambda pid: ws.datadir.labels().get(pid, pid),
+            label=lambda pid: labels.get(pid, pid),
             **values,
         )
         return HTMLResponse(html, status_code=status)
