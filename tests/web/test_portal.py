@@ -435,3 +435,40 @@ def test_doctor_prescribes_patient_shares_pharmacy_dispenses(portal: Portal) -> 
     assert done.status_code == 303
     history = patient.get("/me/access").text
     assert "menyerahkan obat" in history
+
+
+def test_secure_cookie_over_https(portal: Portal) -> None:
+    from fastapi.testclient import TestClient
+
+    client = TestClient(portal.app, base_url="https://testserver", follow_redirects=False)
+    response = login(client, "patient-1", portal.password("patient-1"))
+    cookie = next(c for c in response.headers.get_list("set-cookie") if "rekam_sid=" in c)
+    assert "Secure" in cookie and "HttpOnly" in cookie
+
+
+SAFE_LINK = re.compile(
+    r"^#main$|^/(static/[a-z.]+|[a-z]+(/[a-z]+)*(/[pr]-[0-9a-f]{32}(/[a-z]+)?)?"
+    r"|(lang/(id|en)\?next=[/%0-9A-Za-z-]*)|me/consents/c-[0-9a-f]{32}/revoke"
+    r"|admin/members/m-[0-9a-f]{32}/revoke|patients/[pr]-[0-9a-f]{32}/[a-z]+)?$"
+)
+
+
+def test_links_and_forms_carry_only_pseudonymous_ids(portal: Portal) -> None:
+    """No name, NIK or clinical text in any URL a page links or posts to."""
+    pages = {
+        "patient-1": ["/me", "/me/access", "/me/consents", "/me/chart", "/account"],
+        "dokter-melati": ["/patients", f"/patients/{portal.id_of('patient-1')}"],
+        "apoteker-sentosa": ["/pharmacy"],
+        "admin-melati": ["/admin"],
+    }
+    names = [p["name"] for p in portal.creds["patients"]]
+    seen = 0
+    for user, paths in pages.items():
+        client = portal.login(user)
+        for path in paths:
+            html = client.get(path).text
+            for url in re.findall(r'(?:href|action)="([^"]*)"', html):
+                seen += 1
+                assert SAFE_LINK.match(url), url
+                assert not any(name.split()[0] in url for name in names)
+    assert seen > 30
