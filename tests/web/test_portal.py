@@ -472,3 +472,14 @@ def test_links_and_forms_carry_only_pseudonymous_ids(portal: Portal) -> None:
                 assert SAFE_LINK.match(url), url
                 assert not any(name.split()[0] in url for name in names)
     assert seen > 30
+
+
+def test_expired_sessions_are_dropped_even_if_never_revisited(portal: Portal) -> None:
+    sessions = portal.app.state.sessions
+    portal.login("patient-1")
+    portal.login("dokter-melati")
+    assert len(sessions) == 2
+    portal.clock.now += 601
+    # Any later request sweeps them: the unlocked keys do not stay in memory.
+    portal.client().get("/me")
+    assert len(sessions) == 0

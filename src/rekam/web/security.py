@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from rekam.service.workspace import Actor
 
+MAX_TRACKED = 10_000
+
 
 @dataclass
 class WebSession:
@@ -58,21 +60,30 @@ class SessionStore:
             last_seen=self.clock(),
         )
         with self._lock:
+            self._sweep(session.last_seen)
             self._sessions[session.sid] = session
         return session
 
+    def _sweep(self, now: float) -> None:
+        # Expired sessions are dropped even if their browser never comes back: the unlocked
+        # keys must not outlive the inactivity limit in memory.
+        for sid in [s for s, v in self._sessions.items() if now - v.last_seen > self.idle_seconds]:
+            del self._sessions[sid]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
     def get(self, sid: str | None) -> tuple[WebSession | None, bool]:
         """(the live session, whether a session id was given but had expired)."""
-        if not sid:
-            return None, False
         now = self.clock()
         with self._lock:
-            session = self._sessions.get(sid)
+            session = self._sessions.get(sid) if sid else None
+            self._sweep(now)
             if session is None:
                 return None, False
             if now - session.last_seen > self.idle_seconds:
-                # Automatic logoff: the unlocked keys go with the session.
-                del self._sessions[sid]
+                # Automatic logoff: the sweep above already dropped it and its keys.
                 return None, True
             session.last_seen = now
             return session, False
@@ -119,6 +130,13 @@ class LoginGuard:
         """Count a failed login against each key; lock a key that reaches the limit."""
         now = self.clock()
         with self._lock:
+            if len(self._by_key) > MAX_TRACKED:
+                # Bound the memory a flood of made-up user names can take.
+                self._by_key = {
+                    k: f
+                    for k, f in self._by_key.items()
+                    if f.locked_until > now or any(now - t < self.window for t in f.times)
+                }
             for key in keys:
                 entry = self._by_key.setdefault(key, _Failures())
                 entry.times = [t for t in entry.times if now - t < self.window] + [now]
