@@ -449,7 +449,7 @@ def test_secure_cookie_over_https(portal: Portal) -> None:
 SAFE_LINK = re.compile(
     r"^#main$|^/(static/[a-z.]+|[a-z]+(/[a-z]+)*(/[pr]-[0-9a-f]{32}(/[a-z]+)?)?"
     r"|(lang/(id|en)\?next=[/%0-9A-Za-z-]*)|me/consents/c-[0-9a-f]{32}/revoke"
-    r"|admin/members/m-[0-9a-f]{32}/revoke|patients/[pr]-[0-9a-f]{32}/[a-z]+)?$"
+    r"|admin/members/m-[0-9a-f]{32}/revoke|patients/[pr]-[0-9a-f]{32}/[a-z-]+)?$"
 )
 
 
@@ -483,3 +483,46 @@ def test_expired_sessions_are_dropped_even_if_never_revisited(portal: Portal) ->
     # Any later request sweeps them: the unlocked keys do not stay in memory.
     portal.client().get("/me")
     assert len(sessions) == 0
+
+
+def test_doctor_orders_a_lab_test_and_the_lab_attaches_the_result(portal: Portal) -> None:
+    pid = portal.id_of("patient-2")
+    doctor = portal.login("dokter-melati")
+    token = csrf_of(doctor.get(f"/patients/{pid}").text)
+    bad_lab = doctor.post(
+        f"/patients/{pid}/lab-orders",
+        data={"csrf": token, "test": "hba1c", "lab": "apotek-sentosa"},
+    )
+    assert bad_lab.status_code == 400
+    ordered = doctor.post(
+        f"/patients/{pid}/lab-orders", data={"csrf": token, "test": "hba1c", "lab": "lab-prima"}
+    )
+    assert ordered.status_code == 303
+    order = portal.ws.records.for_patient(pid)[-1][0]
+    analyst = portal.login("analis-prima")
+    assert order not in analyst.get("/lab").text  # the patient has not shared it yet
+    patient = portal.login("patient-2")
+    page = patient.get("/me/consents")
+    shared = patient.post(
+        "/me/consents",
+        data={
+            "csrf": csrf_of(page.text),
+            "grantee": "lab-prima",
+            "resource_type": ["ServiceRequest", "Observation"],
+            "purpose": "treatment",
+            "days": "7",
+        },
+    )
+    assert shared.status_code == 303
+    assert order in analyst.get("/lab").text
+    shown = analyst.get(f"/records/{order}")
+    assert "Lampirkan hasil" in shown.text
+    done = analyst.post(f"/lab/{order}/result", data={"csrf": csrf_of(shown.text), "value": "6,8"})
+    assert done.status_code == 303
+    key, row = portal.ws.records.for_patient(pid)[-1]
+    assert row["resource_type"] == "Observation" and row["author_org"] == "lab-prima"
+    result = portal.ws.records.read(
+        portal.ws.actor(pid, portal.password("patient-2")), key, None, "own"
+    )
+    assert result.resource["basedOn"] == [{"reference": f"ServiceRequest/{order}"}]
+    assert result.resource["valueQuantity"]["value"] == 6.8

@@ -128,6 +128,19 @@ class PortalService:
                         out.append((key, row))
         return out
 
+    def lab_orders_for(self, actor: Actor) -> list[tuple[str, dict[str, Any]]]:
+        """ServiceRequest heads a lab analyst may read, of the patients they have a basis for."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        for link in self.patients_for(actor):
+            for key, row in self.ws.records.for_patient(link.patient):
+                if row["resource_type"] != "ServiceRequest" or row["erased"]:
+                    continue
+                if self.ws.records.basis_for(
+                    actor.id, link.patient, row, "ServiceRequest", "treatment"
+                ):
+                    out.append((key, row))
+        return out
+
     def active_emergency(self, actor: Actor, patient: str) -> bool:
         """Whether this member holds an unexpired emergency access to the patient."""
         now = self.ws.node.clock()
@@ -187,6 +200,13 @@ OBSERVATION_KINDS: dict[str, tuple[str, str, str, str]] = {
     "weight": ("29463-7", "Body weight", "kg", "kg"),
     "glucose": ("2339-0", "Glucose [Mass/volume] in Blood", "mg/dL", "mg/dL"),
     "temperature": ("8310-5", "Body temperature", "°C", "Cel"),
+}
+
+
+# Laboratory tests a doctor can order from the portal (same shape as OBSERVATION_KINDS).
+LAB_TESTS: dict[str, tuple[str, str, str, str]] = {
+    "glucose": OBSERVATION_KINDS["glucose"],
+    "hba1c": ("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "%", "%"),
 }
 
 
@@ -310,6 +330,26 @@ def prescription_resource(
     }
 
 
+def lab_order_resource(
+    patient: str, author: str, test: str, lab: str, when_ms: int
+) -> dict[str, Any]:
+    """An active ServiceRequest (order) for one of :data:`LAB_TESTS`, for a lab organisation."""
+    code, display, _, _ = LAB_TESTS[test]
+    return {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "code": {
+            "coding": [{"system": "http://loinc.org", "code": code, "display": display}],
+            "text": display,
+        },
+        "subject": {"reference": f"Patient/{patient}"},
+        "authoredOn": _instant(when_ms),
+        "requester": {"reference": f"Practitioner/{author}"},
+        "performer": [{"reference": f"Organization/{lab}"}],
+    }
+
+
 class PortalActions:
     """The portal's writes, each through the core services (consent checked, audited)."""
 
@@ -343,6 +383,58 @@ class PortalActions:
             raise InvalidContentError("unknown medication or quantity out of range")
         resource = prescription_resource(patient, actor.id, kfa, quantity, self.ws.node.clock())
         return self.ws.records.write(actor, resource, patient=patient)
+
+    def order_lab(self, actor: Actor, patient: str, test: str, lab: str) -> WriteResult:
+        """Write a lab order (ServiceRequest) addressed to a lab organisation."""
+        org = self.ws.node.store.get("org", lab)
+        if test not in LAB_TESTS or org is None or org["kind"] != "lab":
+            raise InvalidContentError("unknown test or laboratory")
+        resource = lab_order_resource(patient, actor.id, test, lab, self.ws.node.clock())
+        return self.ws.records.write(actor, resource, patient=patient)
+
+    def attach_result(self, actor: Actor, order: str, value: float) -> WriteResult:
+        """Read a lab order (audited) and write its result as an Observation based on it."""
+        read = self.ws.records.read(actor, order, purpose="treatment")
+        if read.resource_type != "ServiceRequest":
+            raise InvalidContentError("not a lab order")
+        coding = ((read.resource.get("code") or {}).get("coding") or [{}])[0]
+        test = next((k for k, v in LAB_TESTS.items() if v[0] == coding.get("code")), None)
+        if test is None:
+            raise InvalidContentError("the order is not for a test the portal can record")
+        row = self.ws.node.store.get("record", order)
+        if row is None:
+            raise NotFoundError("unknown record")
+        code, display, unit, ucum = LAB_TESTS[test]
+        resource = {
+            "resourceType": "Observation",
+            "status": "final",
+            "basedOn": [{"reference": f"ServiceRequest/{order}"}],
+            "category": [
+                {
+                    "coding": [
+                        {
+                            "system": (
+                                "http://terminology.hl7.org/CodeSystem/observation-category"
+                            ),
+                            "code": "laboratory",
+                        }
+                    ]
+                }
+            ],
+            "code": {
+                "coding": [{"system": "http://loinc.org", "code": code, "display": display}],
+                "text": display,
+            },
+            "subject": {"reference": f"Patient/{row['patient']}"},
+            "effectiveDateTime": _instant(self.ws.node.clock()),
+            "valueQuantity": {
+                "value": value,
+                "unit": unit,
+                "system": "http://unitsofmeasure.org",
+                "code": ucum,
+            },
+        }
+        return self.ws.records.write(actor, resource, patient=str(row["patient"]))
 
     def dispense(self, actor: Actor, prescription: str) -> TxResult:
         """Read the shared prescription (audited) and record its dispense with a

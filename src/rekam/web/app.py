@@ -46,6 +46,7 @@ from rekam.service.errors import (
     ServiceError,
 )
 from rekam.service.portal import (
+    LAB_TESTS,
     OBSERVATION_KINDS,
     OrgAdminQueries,
     PortalActions,
@@ -323,6 +324,8 @@ def create_portal(
             return "/pharmacy"
         if session.role == "admin":
             return "/admin"
+        if session.role == "lab_analyst":
+            return "/lab"
         return "/patients"
 
     @app.exception_handler(PortalError)
@@ -618,6 +621,7 @@ def create_portal(
             proof=proof,
             summary=summarize(result.resource, lang),
             content=json.dumps(result.resource, indent=2, ensure_ascii=False),
+            can_attach=session.role == "lab_analyst" and head["resource_type"] == "ServiceRequest",
             can_erase=session.role == "patient" and head["resource_type"] != "Patient",
             can_dispense=session.role == "pharmacist"
             and head["resource_type"] == "MedicationRequest"
@@ -682,6 +686,8 @@ def create_portal(
             conditions=synthetic.CONDITIONS,
             medications=synthetic.MEDICATIONS,
             prescriber=session.role == "doctor",
+            lab_tests=LAB_TESTS,
+            labs=await call(_labs, ws),
         )
 
     @app.post("/patients/{patient}/records")
@@ -722,6 +728,34 @@ def create_portal(
         kfa = str(form.get("medication") or "")
         await call(actions.add_prescription, session.actor, patient, kfa, quantity)
         return redirect(f"/patients/{patient}", "added")
+
+    @app.post("/patients/{patient}/lab-orders")
+    async def order_lab(request: Request, patient: str) -> Response:
+        session = current(request, "doctor")
+        form = await form_of(request, session)
+        test, lab = str(form.get("test") or ""), str(form.get("lab") or "")
+        await call(actions.order_lab, session.actor, patient, test, lab)
+        return redirect(f"/patients/{patient}", "added")
+
+    @app.get("/lab")
+    async def lab_orders(request: Request) -> Response:
+        session = current(request, "lab_analyst")
+        rows = await call(queries.lab_orders_for, session.actor)
+        return render(request, "lab.html", session, orders=rows)
+
+    @app.post("/lab/{order}/result")
+    async def lab_result(request: Request, order: str) -> Response:
+        session = current(request, "lab_analyst")
+        form = await form_of(request, session)
+        raw = str(form.get("value") or "").strip().replace(",", ".")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise PortalError(400, "value_required") from None
+        if not math.isfinite(value) or not 0 <= value < 10_000:
+            raise PortalError(400, "value_required")
+        await call(actions.attach_result, session.actor, order[:80], value)
+        return redirect("/lab", "added")
 
     @app.post("/patients/emergency")
     async def emergency(request: Request) -> Response:
@@ -820,6 +854,13 @@ def _grantees(ws: Workspace) -> list[tuple[str, str]]:
         if row["role"] in ("doctor", "nurse", "pharmacist", "lab_analyst"):
             out.append((key, f"{labels.get(key, key)} ({labels.get(row['org'], row['org'])})"))
     return sorted(out, key=lambda item: item[1])
+
+
+def _labs(ws: Workspace) -> list[tuple[str, str]]:
+    """Active laboratory organisations with display labels."""
+    labels = ws.datadir.labels()
+    rows = ws.node.store.query("org", {"active": True})
+    return sorted((key, labels.get(key, key)) for key, row in rows if row["kind"] == "lab")
 
 
 def _load_credentials(root: Path) -> dict[str, Any]:
