@@ -526,3 +526,28 @@ def test_doctor_orders_a_lab_test_and_the_lab_attaches_the_result(portal: Portal
     )
     assert result.resource["basedOn"] == [{"reference": f"ServiceRequest/{order}"}]
     assert result.resource["valueQuantity"]["value"] == 6.8
+
+
+def test_api_paths_keep_their_own_errors_beside_the_portal(portal: Portal) -> None:
+    from fastapi.testclient import TestClient
+
+    from rekam.api import create_app
+    from rekam.service.tokens import TokenStore
+    from rekam.web.dispatch import PathDispatcher
+
+    tokens = TokenStore(portal.root)
+    try:
+        api = create_app(portal.ws, tokens)
+        client = TestClient(PathDispatcher(api, portal.app), follow_redirects=False)
+        unknown = client.get("/api/no-such-endpoint")
+        assert unknown.status_code == 404
+        assert unknown.headers["content-type"].startswith("application/fhir+json")
+        assert client.post("/api/status").status_code == 405
+        assert client.get("/fhir/metadata").json()["resourceType"] == "CapabilityStatement"
+        assert client.get("/").headers["location"] == "/login"
+        login_page = client.get("/login")
+        assert login_page.status_code == 200 and "Masuk" in login_page.text
+        assert client.get("/no-such-page").headers["content-type"].startswith("text/html")
+    finally:
+        api.state.ctx.close()
+        tokens.close()

@@ -159,6 +159,7 @@ def serve(
     from rekam.service.tokens import TokenStore
     from rekam.service.workspace import Workspace
     from rekam.web import create_portal
+    from rekam.web.dispatch import PathDispatcher
 
     try:
         ws = Workspace.open(data_dir, wait_for_lock=False)
@@ -168,13 +169,13 @@ def serve(
     tokens = TokenStore(data_dir)
     try:
         app = create_app(ws, tokens)
-        # The web portal answers every path the API routes do not (login page at /).
-        app.mount("/", create_portal(ws, lock=app.state.ctx.lock))
+        # The web portal serves every path outside the API's prefixes (login page at /).
+        node_app = PathDispatcher(app, create_portal(ws, lock=app.state.ctx.lock))
         typer.echo(
             f"serving {ws.node.network_id} on http://{host}:{port} (portal at /, FHIR at /fhir)"
         )
         # No access log: a query string may hold an identifier (a NIK) being searched for.
-        uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+        uvicorn.run(node_app, host=host, port=port, access_log=False, log_level="warning")
         app.state.ctx.close()
     finally:
         tokens.close()
