@@ -215,6 +215,10 @@ def demo(
         f"try: rekam audit -d {data_dir} --patient {result.patients[0]['id']}"
         f"  |  rekam verify -d {data_dir}"
     )
+    console.print(
+        f"web portal: rekam serve -d {data_dir}, then open http://127.0.0.1:8080/ "
+        "and log in as patient-1, dokter-kenanga, apoteker-sentosa or admin-melati"
+    )
     if not result.report.ok:
         raise typer.Exit(1)
 

@@ -127,13 +127,15 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
 ) -> None:
-    """Serve the FHIR R4 API (/fhir), the ledger API (/api) and OpenAPI docs (/docs)."""
+    """Serve the web portal (/), the FHIR R4 API (/fhir), the ledger API (/api) and docs."""
     import uvicorn
 
     from rekam.api import create_app
     from rekam.service.datadir import DataDirError
     from rekam.service.tokens import TokenStore
     from rekam.service.workspace import Workspace
+    from rekam.web import create_portal
+    from rekam.web.dispatch import PathDispatcher
 
     try:
         ws = Workspace.open(data_dir, wait_for_lock=False)
@@ -143,9 +145,13 @@ def serve(
     tokens = TokenStore(data_dir)
     try:
         app = create_app(ws, tokens)
-        typer.echo(f"serving {ws.node.network_id} on http://{host}:{port} (FHIR at /fhir)")
+        # The web portal serves every path outside the API's prefixes (login page at /).
+        node_app = PathDispatcher(app, create_portal(ws, lock=app.state.ctx.lock))
+        typer.echo(
+            f"serving {ws.node.network_id} on http://{host}:{port} (portal at /, FHIR at /fhir)"
+        )
         # No access log: a query string may hold an identifier (a NIK) being searched for.
-        uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+        uvicorn.run(node_app, host=host, port=port, access_log=False, log_level="warning")
         app.state.ctx.close()
     finally:
         tokens.close()

@@ -1,0 +1,150 @@
+"""Portal sessions, CSRF tokens and login throttling, all held in the server's memory.
+
+A session holds the principal's unlocked keys (an :class:`Actor`); the browser gets only a
+random session id in an HttpOnly, SameSite=Strict cookie. Sessions end on logout or after
+a period of inactivity, and the keys are dropped with them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rekam.service.workspace import Actor
+
+MAX_TRACKED = 10_000
+
+
+@dataclass
+class WebSession:
+    """One logged-in browser: the unlocked principal, its role and a CSRF token."""
+
+    sid: str
+    actor: Actor
+    role: str
+    org: str | None
+    name: str
+    csrf: str
+    last_seen: float
+    # A TOTP secret shown on the account page and not yet confirmed with a code.
+    pending_totp: str | None = None
+
+
+def same_token(expected: str, given: str | None) -> bool:
+    """Constant-time comparison of a CSRF token."""
+    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+
+
+class SessionStore:
+    """Live sessions by id, expiring after ``idle_seconds`` without a request."""
+
+    def __init__(self, idle_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle_seconds = idle_seconds
+        self.clock = clock
+        self._sessions: dict[str, WebSession] = {}
+        self._lock = threading.Lock()
+
+    def create(self, actor: Actor, role: str, org: str | None, name: str) -> WebSession:
+        """A new session with fresh random id and CSRF token."""
+        session = WebSession(
+            sid=secrets.token_urlsafe(32),
+            actor=actor,
+            role=role,
+            org=org,
+            name=name,
+            csrf=secrets.token_urlsafe(32),
+            last_seen=self.clock(),
+        )
+        with self._lock:
+            self._sweep(session.last_seen)
+            self._sessions[session.sid] = session
+        return session
+
+    def _sweep(self, now: float) -> None:
+        # Expired sessions are dropped even if their browser never comes back: the unlocked
+        # keys must not outlive the inactivity limit in memory.
+        for sid in [s for s, v in self._sessions.items() if now - v.last_seen > self.idle_seconds]:
+            del self._sessions[sid]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def get(self, sid: str | None) -> tuple[WebSession | None, bool]:
+        """(the live session, whether a session id was given but had expired)."""
+        now = self.clock()
+        with self._lock:
+            session = self._sessions.get(sid) if sid else None
+            self._sweep(now)
+            if session is None:
+                return None, False
+            if now - session.last_seen > self.idle_seconds:
+                # Automatic logoff: the sweep above already dropped it and its keys.
+                return None, True
+            session.last_seen = now
+            return session, False
+
+    def end(self, sid: str | None) -> None:
+        """Log out: forget the session and its keys."""
+        if sid:
+            with self._lock:
+                self._sessions.pop(sid, None)
+
+
+@dataclass
+class _Failures:
+    times: list[float] = field(default_factory=list)
+    locked_until: float = 0.0
+
+
+class LoginGuard:
+    """Lock a user name (and a client address) out after repeated failed logins."""
+
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window_seconds: float = 900.0,
+        lockout_seconds: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window_seconds
+        self.lockout = lockout_seconds
+        self.clock = clock
+        self._by_key: dict[str, _Failures] = {}
+        self._lock = threading.Lock()
+
+    def locked(self, *keys: str) -> bool:
+        """Whether any of these keys (user name, client address) is locked out now."""
+        now = self.clock()
+        with self._lock:
+            return any(
+                (f := self._by_key.get(k)) is not None and f.locked_until > now for k in keys
+            )
+
+    def failed(self, *keys: str) -> None:
+        """Count a failed login against each key; lock a key that reaches the limit."""
+        now = self.clock()
+        with self._lock:
+            if len(self._by_key) > MAX_TRACKED:
+                # Bound the memory a flood of made-up user names can take.
+                self._by_key = {
+                    k: f
+                    for k, f in self._by_key.items()
+                    if f.locked_until > now or any(now - t < self.window for t in f.times)
+                }
+            for key in keys:
+                entry = self._by_key.setdefault(key, _Failures())
+                entry.times = [t for t in entry.times if now - t < self.window] + [now]
+                if len(entry.times) >= self.max_failures:
+                    entry.locked_until = now + self.lockout
+                    entry.times = []
+
+    def succeeded(self, user_key: str) -> None:
+        """Clear a user name's failures after a successful login."""
+        with self._lock:
+            self._by_key.pop(user_key, None)
