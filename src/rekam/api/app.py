@@ -28,18 +28,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rekam.api.fhir_routes import build_fhir_router
 from rekam.api.ledger_routes import build_ledger_router
-from rekam.api.outcome import ApiError, outcome_response
+from rekam.api.outcome import ApiError, http_status, outcome_response
 from rekam.crypto import CryptoError
 from rekam.service.datadir import DataDirError
 from rekam.service.errors import (
-    AccessDenied,
-    ContentUnavailable,
     InvalidContentError,
-    NotFoundError,
-    RejectedError,
     ServiceError,
 )
-from rekam.service.fhir_store import FhirService, IdentifierIndex, UnknownReferenceError
+from rekam.service.fhir_store import FhirService, IdentifierIndex
 from rekam.service.fhir_views import LedgerViews
 from rekam.service.tokens import Session, TokenError, TokenStore
 from rekam.service.workspace import Actor, Workspace
@@ -147,20 +143,21 @@ class ApiContext:
         self._actors.pop(token_id, None)
 
 
+# The OperationOutcome issue code for each status a service error maps to.
+_ISSUE_CODES = {
+    422: "processing",
+    404: "not-found",
+    403: "forbidden",
+    410: "deleted",
+    409: "conflict",
+}
+
+
 def _status_for(exc: ServiceError) -> tuple[int, str]:
-    if isinstance(exc, UnknownReferenceError):
-        return 422, "processing"
-    if isinstance(exc, InvalidContentError):
-        return 400, "invalid"
-    if isinstance(exc, NotFoundError):
-        return 404, "not-found"
-    if isinstance(exc, AccessDenied):
-        return 403, "forbidden"
-    if isinstance(exc, ContentUnavailable):
-        return 410, "deleted"
-    if isinstance(exc, RejectedError):
-        return 409, "conflict"
-    return 400, "processing"
+    status = http_status(exc)
+    if status == 400:
+        return 400, "invalid" if isinstance(exc, InvalidContentError) else "processing"
+    return status, _ISSUE_CODES[status]
 
 
 def create_app(ws: Workspace, tokens: TokenStore, config: ApiConfig | None = None) -> FastAPI:

@@ -8,7 +8,31 @@ from typing import Any
 
 from fastapi.responses import Response
 
+from rekam.service.errors import (
+    AccessDenied,
+    ContentUnavailable,
+    NotFoundError,
+    RejectedError,
+    ServiceError,
+)
+from rekam.service.fhir_store import UnknownReferenceError
+
 FHIR_JSON = "application/fhir+json"
+
+
+def http_status(exc: ServiceError) -> int:
+    """The HTTP status of a service error: one mapping for the FHIR API and the portal."""
+    if isinstance(exc, UnknownReferenceError):
+        return 422
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, AccessDenied):
+        return 403
+    if isinstance(exc, ContentUnavailable):
+        return 410
+    if isinstance(exc, RejectedError):
+        return 409
+    return 400  # InvalidContentError and anything else the caller sent wrong
 
 
 class ApiError(Exception):

@@ -33,16 +33,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rekam.api.outcome import http_status
 from rekam.crypto import CryptoError
 from rekam.ledger.tx import EMERGENCY_REASONS, RESOURCE_TYPES, ROLES, id_kind
 from rekam.records import synthetic
 from rekam.service.datadir import DataDirError
 from rekam.service.errors import (
-    AccessDenied,
-    ContentUnavailable,
-    InvalidContentError,
-    NotFoundError,
-    RejectedError,
     ServiceError,
 )
 from rekam.service.portal import (
@@ -137,18 +133,13 @@ class LoginRequired(Exception):
         self.expired = expired
 
 
+# The message shown for each status a service error maps to.
+_MESSAGE_KEYS = {400: "bad_request", 422: "bad_request", 404: "not_found", 410: "not_found"}
+
+
 def _status_for(exc: ServiceError) -> tuple[int, str]:
-    if isinstance(exc, InvalidContentError):
-        return 400, "bad_request"
-    if isinstance(exc, NotFoundError):
-        return 404, "not_found"
-    if isinstance(exc, AccessDenied):
-        return 403, "forbidden"
-    if isinstance(exc, ContentUnavailable):
-        return 410, "not_found"
-    if isinstance(exc, RejectedError):
-        return 409, "error"
-    return 400, "error"
+    status = http_status(exc)
+    return status, "forbidden" if status == 403 else _MESSAGE_KEYS.get(status, "error")
 
 
 def _local_path(target: str | None) -> str:
