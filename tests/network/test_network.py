@@ -6,6 +6,8 @@ import base64
 import hashlib
 import json
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,7 +37,8 @@ from rekam.service.network import (
 )
 from rekam.service.network_demo import run_network_demo
 from rekam.service.node import NotCommittedError
-from rekam.service.workspace import OrgSpec
+from rekam.service.verify import verify_chain
+from rekam.service.workspace import OrgSpec, Workspace
 from tests.network.harness import ORGS, require_etcd, wait_for
 
 
@@ -242,6 +245,29 @@ def test_demo_across_three_nodes_and_content_only_where_it_may_be_opened(
     kenanga = {p.name for p in (nodes / "klinik-kenanga" / "blobs").rglob("*") if p.is_file()}
     assert kenanga and kenanga < melati
     assert len(sentosa & melati) == 1  # only the shared prescription came over
+    # Every node verifies: content it was never sent is counted, not reported missing...
+    for org in ("klinik-melati", "klinik-kenanga", "apotek-sentosa"):
+        out = subprocess.run(
+            [sys.executable, "-m", "rekam.cli.main", "verify", "-d", str(nodes / org)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.startswith("OK")
+    assert "not held by this node" in out.stdout  # the pharmacy's node
+    # ... but content it holds a key for must be there.
+    with Workspace.open(nodes / "apotek-sentosa") as ws:
+        held = ws.node.store.wrapped_versions()
+        assert held
+        versions = dict(ws.node.store.state_rows("record_version"))
+        digest = next(
+            v["content_hash"] for v in versions.values() if (v["record"], v["version"]) in held
+        )
+        ws.node.blobs.delete(digest)
+        report = verify_chain(ws.node.store, ws.genesis, ws.node.blobs, held_content_only=True)
+    assert report.problem is not None and "missing" in report.problem
 
 
 def test_content_is_refused_to_a_node_without_a_key(tmp_path: Path, etcd: LocalEtcdCluster) -> None:

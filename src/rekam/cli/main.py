@@ -251,6 +251,7 @@ def _print_history(title: str, events: list[dict[str, Any]], labels: dict[str, s
 @app.command()
 def verify(data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
     """Check hash chain, Merkle roots, signatures, validity, state tables and blobs."""
+    from rekam.service.network import NETWORK_FILE
     from rekam.service.verify import verify_chain
 
     with (
@@ -265,6 +266,8 @@ def verify(data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
             ws.genesis,
             ws.node.blobs,
             progress=lambda height: progress.update(task, completed=height),
+            # A network node holds only content it has keys for (see docs/network.md).
+            held_content_only=(data_dir / NETWORK_FILE).is_file(),
         )
     if as_json:
         print(

@@ -124,6 +124,10 @@ class ChainStore(StateReader, Prefetching, Protocol):
         """Delete wrapped keys of a record and/or a recipient; returns how many went."""
         ...
 
+    def wrapped_versions(self) -> set[tuple[str, int]]:
+        """Every (record, version) this node holds at least one wrapped key for."""
+        ...
+
     def wrapped_keys_for(self, recipient: str) -> list[tuple[str, int, bytes]]:
         """Every (record, version, wrapped key) held for a recipient, in record order."""
         ...

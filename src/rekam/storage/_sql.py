@@ -1199,6 +1199,16 @@ class SqlChainStore:
         return None if value is None else bytes(value)
 
     @_serialised
+    def wrapped_versions(self) -> set[tuple[str, int]]:
+        """Every (record, version) this node holds at least one wrapped key for."""
+        if not self._refresh():
+            return set()
+        t = sc.wrapped_keys
+        with self._reading("reading wrapped_keys"):
+            rows = self._conn.execute(select(t.c.record, t.c.version).distinct()).all()
+        return {(str(r), int(v)) for r, v in rows}
+
+    @_serialised
     def wrapped_keys_for(self, recipient: str) -> list[tuple[str, int, bytes]]:
         """Every (record, version, wrapped key) held for a recipient, in record order."""
         if not self._refresh():
