@@ -102,14 +102,11 @@ def _network(parent: Path, name: str) -> Iterator[tuple[Workspace, Actor, str]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _signed_writes(ws: Workspace, doctor: Actor, patient: str, n: int) -> list[Transaction]:
-    """Pre-signed record writes over a small pool of real (random) content blobs.
-
-    Sharing 16 blobs keeps the setup from paying thousands of fsyncs that the commit figure
-    does not include; the chain still verifies, blob hashes included.
-    """
-    now = ws.node.clock()
-    pool = [ws.node.blobs.put(os.urandom(600)) for _ in range(16)]
+def presigned_writes(
+    network_id: str, doctor: Actor, patient: str, blobs: list[str], n: int, created: int
+) -> list[Transaction]:
+    """``n`` signed ``record.write`` transactions by ``doctor`` for ``patient``, taking their
+    content hashes in turn from ``blobs`` (content the benchmark stored beforehand)."""
     txs = []
     for i in range(n):
         body = {
@@ -117,17 +114,25 @@ def _signed_writes(ws: Workspace, doctor: Actor, patient: str, n: int) -> list[T
             "version": 1,
             "patient": patient,
             "resource_type": "Observation",
-            "content_hash": pool[i % len(pool)],
+            "content_hash": blobs[i % len(blobs)],
             "content_size": 600,
             "basis": "organisation",
             "basis_ref": None,
         }
         txs.append(
-            make_tx(
-                ws.node.network_id, "record.write", doctor.id, doctor.identity.signer, body, now
-            )
+            make_tx(network_id, "record.write", doctor.id, doctor.identity.signer, body, created)
         )
     return txs
+
+
+def _signed_writes(ws: Workspace, doctor: Actor, patient: str, n: int) -> list[Transaction]:
+    """Pre-signed record writes over a small pool of real (random) content blobs.
+
+    Sharing 16 blobs keeps the setup from paying thousands of fsyncs that the commit figure
+    does not include; the chain still verifies, blob hashes included.
+    """
+    pool = [ws.node.blobs.put(os.urandom(600)) for _ in range(16)]
+    return presigned_writes(ws.node.network_id, doctor, patient, pool, n, ws.node.clock())
 
 
 def _commit_all(ws: Workspace, txs: list[Transaction]) -> float:

@@ -30,9 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from rekam.ledger.tx import Transaction, make_tx, new_id
+from rekam.ledger.tx import Transaction
 from rekam.ordering.etcd import SUBMIT_BATCH, EtcdClient, Keys, op_put
 from rekam.ordering.etcd_local import LocalEtcdCluster, free_ports
+from rekam.service.bench import presigned_writes
 from rekam.service.network import NetworkNode, create_network, read_commit_log, read_status
 from rekam.service.network_demo import ORGS
 from rekam.service.workspace import Actor
@@ -43,35 +44,6 @@ SUBMITTERS = 64
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _writes(
-    network_id: str, doctor: Actor, patient: str, blobs: list[str], n: int
-) -> list[Transaction]:
-    """``n`` pre-signed record writes by ``doctor`` for ``patient`` over shared blobs."""
-    out = []
-    for i in range(n):
-        body = {
-            "record": new_id("record"),
-            "version": 1,
-            "patient": patient,
-            "resource_type": "Observation",
-            "content_hash": blobs[i % len(blobs)],
-            "content_size": 600,
-            "basis": "organisation",
-            "basis_ref": None,
-        }
-        out.append(
-            make_tx(
-                network_id,
-                "record.write",
-                doctor.id,
-                doctor.identity.signer,
-                body,
-                time.time_ns() // 1_000_000,
-            )
-        )
-    return out
 
 
 def _submit(client: EtcdClient, keys: Keys, txs: list[Transaction]) -> float:
@@ -156,7 +128,11 @@ def bench_network(
             out = []
             for i in range(count):
                 doctor, patient, blobs = writers[i % nodes]
-                out.extend(_writes(network_id, doctor, patient, blobs, 1))
+                out.extend(
+                    presigned_writes(
+                        network_id, doctor, patient, blobs, 1, time.time_ns() // 1_000_000
+                    )
+                )
             return out
 
         keys = Keys(network_id)
