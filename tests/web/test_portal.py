@@ -170,6 +170,9 @@ def test_clinician_adds_an_observation_and_a_note(portal: Portal) -> None:
     pid = portal.id_of("patient-2")
     page = doctor.get(f"/patients/{pid}")
     assert page.status_code == 200
+    title = page.text.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert "<" not in title  # the page title is text, not a copy of the page's forms
+    assert page.text.count('action="/patients/' + pid + '/conditions"') == 1
     before = len(portal.ws.records.for_patient(pid))
     token = csrf_of(page.text)
     added = doctor.post(
