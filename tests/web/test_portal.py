@@ -406,7 +406,7 @@ def test_doctor_prescribes_patient_shares_pharmacy_dispenses(portal: Portal) -> 
     )
     assert (
         doctor.post(
-            f"/patients/{pid}/conditions", data={"csrf": token, "icd10": "Z99.9"}
+            f"/patients/{pid}/conditions", data={"csrf": token, "icd10": "E11"}
         ).status_code
         == 400
     )
