@@ -195,4 +195,3 @@ def test_an_audited_read_fills_an_empty_index_and_a_new_version_replaces(
         assert pid not in ws.patient_index.find_name(old_given)
     finally:
         ws.close()
-
