@@ -195,3 +195,23 @@ def test_an_audited_read_fills_an_empty_index_and_a_new_version_replaces(
         assert pid not in ws.patient_index.find_name(old_given)
     finally:
         ws.close()
+
+
+def test_erasing_the_patient_resource_drops_its_entries(demo: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "node"
+    shutil.copytree(demo, root)
+    (root / "rekam.lock").unlink(missing_ok=True)
+    creds = json.loads((root / "demo-credentials.json").read_text("utf-8"))
+    ws = Workspace.open(root)
+    try:
+        pid, other = creds["patients"][0]["id"], creds["patients"][1]["id"]
+        assert ws.patient_index.find_identifier("RM-990001") == [pid]
+        record = ws.node.store.query("record", {"patient": pid, "resource_type": "Patient"})[0][0]
+        ws.records.erase(ws.actor("klinik-melati"), record, reason="entered_in_error")
+        assert ws.patient_index.find_identifier("RM-990001") == []
+        assert pid not in ws.patient_index.find_name(creds["patients"][0]["name"])
+        assert ws.patient_index.find_identifier("RM-990002") == [other]
+    finally:
+        ws.close()

@@ -19,7 +19,8 @@ under audit (:class:`~rekam.service.records.RecordService` calls :meth:`PatientI
 
 A name query matches a patient when every query token matches one of the patient's tokens.
 The index only yields candidates; callers decide who may see what through the audited read
-path. A new head version replaces the patient's tags, so a corrected name stops matching.
+path. A new head version replaces the patient's tags, so a corrected name stops matching;
+erasing the Patient resource removes them.
 """
 
 from __future__ import annotations
@@ -161,6 +162,11 @@ class PatientIndex:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+    def remove(self, patient: str) -> None:
+        """Drop every entry of a patient (their Patient resource was erased)."""
+        with self._lock:
+            self._open().execute("DELETE FROM patient_tag WHERE patient = ?", (patient,))
 
     def _lookup(self, tag_of: Iterable[tuple[str, str]]) -> set[str]:
         with self._lock:

@@ -332,6 +332,10 @@ class RecordService:
     # -- erasure --------------------------------------------------------------------------
 
     def _shred(self, record_id: str) -> None:
+        head = self._store.get("record", record_id)
+        if head is not None and head["resource_type"] == "Patient":
+            # Erased demographics must not stay findable by name or NIK on this node.
+            self.ws.patient_index.remove(str(head["patient"]))
         for _, row in self._store.query("record_version", {"record": record_id}):
             self.ws.node.blobs.delete(row["content_hash"])
         self._store.delete_wrapped_keys(record=record_id)
