@@ -18,6 +18,10 @@ under audit (:class:`~rekam.service.records.RecordService` calls :meth:`PatientI
   equal a whole name token.
 
 A name query matches a patient when every query token matches one of the patient's tokens.
+What the file does reveal to someone without the key: how many tags each pseudonymous
+patient has (roughly the length of their name) and which patients share a tag (a family
+name, a prefix). The tags are not tied to the chain's content, and the file stays with the
+node, owner-only, like the keystores.
 The index only yields candidates; callers decide who may see what through the audited read
 path. A new head version replaces the patient's tags, so a corrected name stops matching;
 erasing the Patient resource removes them.
