@@ -104,6 +104,7 @@ def test_nothing_in_the_clear_and_tags_depend_on_the_node_key(tmp_path: Path) ->
     key = one / "secrets" / "patient-index.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert len(key.read_bytes()) == 32
+    assert stat.S_IMODE((one / "index").stat().st_mode) & 0o077 == 0
     # The same content under two node keys gives unrelated tags.
     import sqlite3
 
