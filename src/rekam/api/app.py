@@ -35,7 +35,7 @@ from rekam.service.errors import (
     InvalidContentError,
     ServiceError,
 )
-from rekam.service.fhir_store import FhirService, IdentifierIndex
+from rekam.service.fhir_store import FhirService
 from rekam.service.fhir_views import LedgerViews
 from rekam.service.tokens import Session, TokenError, TokenStore
 from rekam.service.workspace import Actor, Workspace
@@ -92,15 +92,14 @@ class ApiContext:
         self.ws = ws
         self.tokens = tokens
         self.config = config
-        self.fhir = FhirService(ws, IdentifierIndex(ws.datadir.root))
+        self.fhir = FhirService(ws)
         self.views = LedgerViews(self.fhir)
         self.lock = SharedExclusiveLock()
         # Unlocked principals by token id: Argon2id runs once per token, not per request.
         self._actors: dict[str, Actor] = {}
 
     def close(self) -> None:
-        """Close the node-local databases this context opened."""
-        self.fhir.index.close()
+        """Release what this context holds (the patient index belongs to the workspace)."""
 
     async def call(self, fn: Callable[..., T], *args: Any, exclusive: bool = False) -> T:
         """Run a blocking service call on a worker thread (alone when ``exclusive``)."""

@@ -192,7 +192,7 @@ def _patient_param(value: str) -> str:
 
 def _parse_search(ctx: ApiContext, resource_type: str, request: Request) -> SearchParams:
     params = SearchParams()
-    allowed = _SEARCH_PARAMS | ({"identifier"} if resource_type == "Patient" else set())
+    allowed = _SEARCH_PARAMS | ({"identifier", "name"} if resource_type == "Patient" else set())
     for key, value in request.query_params.multi_items():
         if key not in allowed:
             # The parameter's name is not echoed: it is client input like any other.
@@ -209,6 +209,9 @@ def _parse_search(ctx: ApiContext, resource_type: str, request: Request) -> Sear
             params.last_updated.append(check_date_param(value))
         elif key == "identifier":
             params.identifier = value
+        elif key == "name":
+            # Given and family name tokens, each matched whole or by a prefix of 3 or more.
+            params.name = value
         elif key == "_id":
             params.ids.extend(v for v in value.split(",") if v)
         elif key in ("_count", "_offset"):
@@ -257,6 +260,7 @@ def capability_statement(base: str) -> dict[str, Any]:
             if rtype == "Patient":
                 params = [
                     {"name": "identifier", "type": "token"},
+                    {"name": "name", "type": "string"},
                     {"name": "_id", "type": "token"},
                     {"name": "_lastUpdated", "type": "date"},
                 ]

@@ -1,6 +1,7 @@
 """The demo network: two clinics, a lab and a pharmacy, synthetic patients and the full story.
 
-Everything here is synthetic (family names "Contoh"/"Fiktif", NIKs starting with 99). The
+Everything here is synthetic (family names "Contoh"/"Fiktif", NIKs starting with 99, medical
+record numbers ``RM-99xxxx`` under ``https://rekam.example/org/<org>/mrn``). The
 story: registration, records written in FHIR R4 with ICD-10, LOINC and KFA codes, a denied
 read, consent to a doctor at the other clinic and their read, a lab result, a pharmacy
 dispensing a prescription, and one emergency access; then each patient's history, a
@@ -21,6 +22,7 @@ from typing import Any
 
 from rekam.records import synthetic
 from rekam.service.errors import AccessDenied
+from rekam.service.patient_index import mrn_system
 from rekam.service.proofs import build_receipt, make_checkpoint
 from rekam.service.records import require
 from rekam.service.verify import VerifyReport, verify_chain
@@ -113,6 +115,11 @@ def _play(
         step(f"registering synthetic patient {index + 1}")
         passphrase = _passphrase()
         demographics = synthetic.patient_resource(rng, "placeholder")
+        # The home clinic's medical record number beside the NIK (the portal searches both).
+        mrn = f"RM-99{index + 1:04d}"
+        demographics["identifier"].append(
+            {"use": "usual", "system": mrn_system("klinik-melati"), "value": mrn}
+        )
         registered, _ = ws.admin.register_patient(
             ws.actor("klinik-melati"), passphrase, demographics=demographics, writer=admin
         )
@@ -125,6 +132,7 @@ def _play(
                 "id": registered.id,
                 "name": name,
                 "home_org": "klinik-melati",
+                "mrn": mrn,
                 "passphrase": passphrase,
             }
         )

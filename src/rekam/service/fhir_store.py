@@ -9,26 +9,21 @@ event on the chain before any content is decrypted.
 Search over encrypted content is decrypt-and-filter over the records the caller may read:
 candidates are chosen from chain metadata (patient, type, update time), each candidate the
 caller may not read is attempted anyway so the denial is recorded, and content filters
-(``code``, ``date``) are applied after the audited decryption. Patient identifiers (a NIK)
-are found through a node-local keyed index (HMAC-SHA256 under a node secret), never on
-the chain; the index only yields candidate patients, whose Patient records are then read
+(``code``, ``date``) are applied after the audited decryption. Patient identifiers (a NIK,
+a medical record number) and names are found through the node-local keyed
+:class:`~rekam.service.patient_index.PatientIndex` (HMAC-SHA256 under a node secret), never
+on the chain; the index only yields candidate patients, whose Patient records are then read
 through the audited path.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import hmac
-import os
 import re
 import secrets
-import sqlite3
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rekam.ledger.rules import CARE_PURPOSES, CLINICAL_ROLES, REGISTRAR_ROLES, authorship
@@ -48,6 +43,7 @@ from rekam.service.errors import (
     NotFoundError,
     ServiceError,
 )
+from rekam.service.patient_index import PatientIndex, name_tokens
 from rekam.service.satusehat import SatusehatMapping, to_satusehat
 
 if TYPE_CHECKING:
@@ -115,6 +111,7 @@ class SearchParams:
     date: list[tuple[str, str]] = field(default_factory=list)
     last_updated: list[tuple[str, str]] = field(default_factory=list)
     identifier: str | None = None
+    name: str | None = None
     count: int = 20
     offset: int = 0
 
@@ -232,62 +229,6 @@ def _strip_server_fields(data: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-class IdentifierIndex:
-    """Node-local keyed index from a Patient identifier to the patient's pseudonymous id.
-
-    Entries are HMAC-SHA256 tags under a random node key kept in ``DIR/secrets``; the index
-    file alone reveals neither identifiers nor who holds them without that key.
-    """
-
-    def __init__(self, root: Path) -> None:
-        key_path = root / "secrets" / "fhir-index.key"
-        key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not key_path.is_file():
-            # Created owner-only from the start: the key is what keeps the index opaque.
-            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(secrets.token_bytes(32))
-        self._key = key_path.read_bytes()
-        path = root / "api" / "index.db"
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS ident (tag TEXT NOT NULL, patient TEXT NOT NULL,"
-                " PRIMARY KEY (tag, patient))"
-            )
-
-    def _tag(self, system: str, value: str) -> str:
-        message = f"{system}|{value}".encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
-
-    def add(self, patient: str, resource: Mapping[str, Any]) -> None:
-        """Index every identifier of a Patient resource (with and without its system)."""
-        tags = set()
-        for ident in resource.get("identifier", []):
-            if isinstance(ident, Mapping) and isinstance(ident.get("value"), str):
-                tags.add(self._tag(str(ident.get("system", "")), ident["value"]))
-                tags.add(self._tag("*", ident["value"]))
-        with self._lock:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO ident VALUES (?, ?)", [(t, patient) for t in tags]
-            )
-
-    def find(self, token: str) -> list[str]:
-        """Patients whose identifier matches ``system|value`` or a bare ``value``."""
-        system, sep, value = token.rpartition("|")
-        tag = self._tag(system, value) if sep else self._tag("*", token)
-        with self._lock:
-            rows = self._db.execute("SELECT patient FROM ident WHERE tag = ?", (tag,)).fetchall()
-        return sorted(r[0] for r in rows)
-
-    def close(self) -> None:
-        """Close the index database."""
-        with self._lock:
-            self._db.close()
-
-
 @dataclass(frozen=True)
 class BundleOutcome:
     """One entry of a committed transaction Bundle: where the new resource lives."""
@@ -302,9 +243,13 @@ class BundleOutcome:
 class FhirService:
     """FHIR use cases on a workspace: writes become records, reads become access events."""
 
-    def __init__(self, ws: Workspace, index: IdentifierIndex) -> None:
+    def __init__(self, ws: Workspace) -> None:
         self.ws = ws
-        self.index = index
+
+    @property
+    def index(self) -> PatientIndex:
+        """The node's keyed patient index (filled by the record service, not here)."""
+        return self.ws.patient_index
 
     @property
     def _store(self) -> Any:
@@ -419,11 +364,8 @@ class FhirService:
         if wanted < 1 or wanted > int(row["version"]):
             raise NotFoundError("unknown version")
         purpose = self._purpose(actor, str(row["patient"]), record_id, wanted)
+        # A Patient head read here also refreshes the node's patient index (RecordService.read).
         result = self.ws.records.read(actor, record_id, wanted, purpose=purpose)
-        if row["resource_type"] == "Patient" and wanted == int(row["version"]):
-            # The reader has just seen these identifiers under an audited read: indexing them
-            # reveals nothing new and lets identifier search find patients registered elsewhere.
-            self.index.add(str(row["patient"]), result.resource)
         return self._present(record_id, row, wanted, result.resource)
 
     def _may_read(self, actor: Actor, record_id: str, row: Mapping[str, Any]) -> bool:
@@ -533,7 +475,6 @@ class FhirService:
             # The home organisation is the custodian of the patient's keys (as for the CLI).
             self.ws.datadir.write_secret(registered.id, passphrase)
             assert written is not None
-            self.index.add(registered.id, data)
             stored = {**data, "id": registered.id}
             row = self._store.get("record", written.record)
             return self._present(written.record, row, written.version, stored)
@@ -574,8 +515,6 @@ class FhirService:
         written = self.ws.records.write(
             actor, data, patient=patient, record=record_id, expected_type=resource_type
         )
-        if resource_type == "Patient":
-            self.index.add(patient, data)
         row = self._store.get("record", record_id)
         return self._present(record_id, row, written.version, data)
 
@@ -656,11 +595,18 @@ class FhirService:
             return
 
     def _search_patients(self, actor: Actor, resource_type: str, params: SearchParams) -> list[str]:
-        if params.identifier is not None:
+        if params.identifier is not None or params.name is not None:
             if resource_type != "Patient":
-                raise SearchError("identifier is searchable on Patient only")
-            found = self.index.find(params.identifier)
-            return [p for p in found if params.patient is None or p == params.patient]
+                raise SearchError("identifier and name are searchable on Patient only")
+            found: set[str] | None = None
+            if params.identifier is not None:
+                found = set(self.index.find_identifier(params.identifier))
+            if params.name is not None:
+                if not name_tokens(params.name):
+                    raise SearchError("name needs at least one letter or digit")
+                by_name = set(self.index.find_name(params.name))
+                found = by_name if found is None else found & by_name
+            return sorted(p for p in found or () if params.patient is None or p == params.patient)
         if params.patient is not None:
             if id_kind(params.patient) != "patient" or not self._store.get(
                 "patient", params.patient

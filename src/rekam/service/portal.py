@@ -1,5 +1,6 @@
-"""Use cases the web portal needs beyond the core services: who may a member look up, which
-prescriptions a pharmacy may see, and a record version's proof of inclusion.
+"""Use cases the web portal needs beyond the core services: who may a member look up (and
+find by name, NIK or medical record number), which prescriptions a pharmacy may see, ICD-10
+coded diagnoses, and a record version's proof of inclusion.
 
 Everything here lists metadata only (pseudonymous ids, types, times); content is read
 through :meth:`RecordService.read`, which checks consent and commits the access event.
@@ -16,10 +17,18 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from rekam.ledger.block import Checkpoint
+from rekam.ledger.rules import authorship
 from rekam.ledger.tx import id_kind
 from rekam.ledger.validate import TxResult
 from rekam.records import synthetic
-from rekam.service.errors import InvalidContentError, NotFoundError
+from rekam.service import icd10
+from rekam.service.errors import (
+    AccessDenied,
+    ContentUnavailable,
+    InvalidContentError,
+    NotFoundError,
+)
+from rekam.service.patient_index import mrn_org
 from rekam.service.proofs import (
     ReceiptError,
     build_receipt,
@@ -39,6 +48,63 @@ class PatientLink:
     patient: str
     home_org: str
     via: str  # "home", "consent" or "emergency"
+
+
+# A patient search needs this many characters: fewer would match too many names.
+MIN_PATIENT_QUERY = 3
+MAX_PATIENT_QUERY = 100
+# At most this many hits are read (each an audited read) and shown; the page asks to refine.
+MAX_PATIENT_HITS = 20
+
+
+class PatientQueryError(InvalidContentError):
+    """A patient search term that is empty, too short or too long."""
+
+
+@dataclass(frozen=True)
+class PatientHit:
+    """A patient found by search, with what their Patient resource (read, audited) says."""
+
+    link: PatientLink
+    name: str
+    birth_date: str | None
+    mrns: tuple[tuple[str, str], ...]  # (organisation, medical record number)
+
+
+@dataclass(frozen=True)
+class PatientSearch:
+    """Hits the member may see, and whether more of those matched than were read."""
+
+    hits: list[PatientHit]
+    more: bool
+
+
+def _display_name(resource: Mapping[str, Any]) -> str:
+    names = resource.get("name")
+    for name in names if isinstance(names, list) else []:
+        if not isinstance(name, Mapping):
+            continue
+        if isinstance(name.get("text"), str) and name["text"].strip():
+            return str(name["text"]).strip()
+        given = [g for g in name.get("given") or [] if isinstance(g, str)]
+        family = name.get("family")
+        joined = " ".join([*given, family if isinstance(family, str) else ""]).strip()
+        if joined:
+            return joined
+    return ""
+
+
+def _mrns(resource: Mapping[str, Any], first_org: str | None) -> tuple[tuple[str, str], ...]:
+    found = []
+    idents = resource.get("identifier")
+    for ident in idents if isinstance(idents, list) else []:
+        if not isinstance(ident, Mapping) or not isinstance(ident.get("value"), str):
+            continue
+        org = mrn_org(str(ident.get("system", "")))
+        if org is not None:
+            found.append((org, str(ident["value"])))
+    # The searcher's own organisation's number first: it is the one on their folders.
+    return tuple(sorted(found, key=lambda item: (item[0] != first_org, item)))
 
 
 @dataclass(frozen=True)
@@ -101,6 +167,57 @@ class PortalService:
                     row["patient"], patient["home_org"], "emergency"
                 )
         return sorted(links.values(), key=lambda link: link.patient)
+
+    def search_patients(self, actor: Actor, query: str) -> PatientSearch:
+        """Patients the member has a basis for whose NIK, MR number or name match the query.
+
+        Candidates come from the node's keyed patient index; only patients in
+        :meth:`patients_for` whose Patient resource the member may read are kept (chain
+        metadata, nothing read yet). Patients without such a basis are left out without a
+        trace: not shown, not counted (a count would tell the member that someone with that
+        NIK or name is registered here), and no read is attempted for them. Each shown hit
+        is an audited read of the Patient resource through :meth:`RecordService.read`.
+        """
+        text = query.strip()
+        if len(text) < MIN_PATIENT_QUERY:
+            raise PatientQueryError("the search needs at least 3 characters")
+        if len(text) > MAX_PATIENT_QUERY:
+            raise PatientQueryError("the search is too long")
+        links = {link.patient: link for link in self.patients_for(actor)}
+        store = self.ws.node.store
+        visible: list[tuple[PatientLink, str]] = []
+        for patient in self.ws.patient_index.find(text):
+            link = links.get(patient)
+            if link is None:
+                continue
+            rows = store.query(
+                "record", {"patient": patient, "resource_type": "Patient"}, order_by="created"
+            )
+            if not rows or rows[0][1]["erased"]:
+                continue
+            record_id, row = str(rows[0][0]), rows[0][1]
+            purpose = "emergency" if link.via == "emergency" else "treatment"
+            written = authorship(store, record_id, int(row["version"]))
+            if self.ws.records.basis_for(actor.id, patient, written, "Patient", purpose):
+                visible.append((link, record_id))
+        hits = []
+        org = self.member_org(actor)
+        for link, record_id in visible[:MAX_PATIENT_HITS]:
+            purpose = "emergency" if link.via == "emergency" else "treatment"
+            try:
+                read = self.ws.records.read(actor, record_id, None, purpose)
+            except (AccessDenied, ContentUnavailable):
+                continue  # the basis ended or the content is gone since the check above
+            birth = read.resource.get("birthDate")
+            hits.append(
+                PatientHit(
+                    link=link,
+                    name=_display_name(read.resource),
+                    birth_date=birth if isinstance(birth, str) else None,
+                    mrns=_mrns(read.resource, org),
+                )
+            )
+        return PatientSearch(hits, len(visible) > MAX_PATIENT_HITS)
 
     def prescriptions_for(self, actor: Actor) -> list[tuple[str, dict[str, Any]]]:
         """MedicationRequest heads a pharmacist's basis covers for dispensing (no content)."""
@@ -286,9 +403,24 @@ def dispense_resource(
     return resource
 
 
-def condition_resource(patient: str, author: str, icd10: str, when_ms: int) -> dict[str, Any]:
-    """A confirmed encounter diagnosis coded with one of :data:`synthetic.CONDITIONS`."""
-    code, display, text = next(c for c in synthetic.CONDITIONS if c[0] == icd10)
+def common_diagnoses() -> list[tuple[str, str, str]]:
+    """The network's listed diagnoses (code, English, Indonesian) that ICD-10 2019 accepts."""
+    out = []
+    for code, display, text in synthetic.CONDITIONS:
+        try:
+            icd10.lookup(code)
+        except icd10.Icd10Error:
+            continue  # a code of an older edition (A90 dengue is A97.x in 2019)
+        out.append((code, display, text))
+    return out
+
+
+def condition_resource(
+    patient: str, author: str, code: icd10.Icd10Code, when_ms: int
+) -> dict[str, Any]:
+    """A confirmed encounter diagnosis coded in ICD-10 with WHO's English display."""
+    # The Indonesian wording of a listed code is kept as the text clinicians read.
+    text = next((c[2] for c in synthetic.CONDITIONS if c[0] == code.code), code.display)
     system = "http://terminology.hl7.org/CodeSystem/"
     return {
         "resourceType": "Condition",
@@ -300,7 +432,7 @@ def condition_resource(patient: str, author: str, icd10: str, when_ms: int) -> d
             {"coding": [{"system": f"{system}condition-category", "code": "encounter-diagnosis"}]}
         ],
         "code": {
-            "coding": [{"system": synthetic.ICD10_SYSTEM, "code": code, "display": display}],
+            "coding": [{"system": icd10.ICD10_SYSTEM, "code": code.code, "display": code.display}],
             "text": text,
         },
         "subject": {"reference": f"Patient/{patient}"},
@@ -370,11 +502,13 @@ class PortalActions:
         resource = note_resource(patient, actor.id, text, self.ws.node.clock())
         return self.ws.records.write(actor, resource, patient=patient)
 
-    def add_condition(self, actor: Actor, patient: str, icd10: str) -> WriteResult:
-        """Write a diagnosis coded from the listed ICD-10 codes."""
-        if icd10 not in {c[0] for c in synthetic.CONDITIONS}:
-            raise InvalidContentError("unknown diagnosis code")
-        resource = condition_resource(patient, actor.id, icd10, self.ws.node.clock())
+    def add_condition(self, actor: Actor, patient: str, code: str) -> WriteResult:
+        """Write a diagnosis coded with an ICD-10 code valid for coding (checked here)."""
+        try:
+            found = icd10.lookup(code)
+        except icd10.Icd10Error:
+            raise InvalidContentError("unknown diagnosis code") from None
+        resource = condition_resource(patient, actor.id, found, self.ws.node.clock())
         return self.ws.records.write(actor, resource, patient=patient)
 
     def add_prescription(self, actor: Actor, patient: str, kfa: str, quantity: int) -> WriteResult:

@@ -225,6 +225,9 @@ class RecordService:
             # Nothing points at this content: remove it so a refused write leaves no trace.
             self.ws.node.blobs.delete(digest)
             raise
+        if validated.resource_type == "Patient":
+            # The new head replaces the patient's search entries (a corrected name or NIK).
+            self.ws.patient_index.update(patient, validated.data)
         return WriteResult(record_id, version, result.tx_id, digest)
 
     # -- read -----------------------------------------------------------------------------
@@ -264,6 +267,10 @@ class RecordService:
                 raise ContentUnavailable("the record was erased")
             raise AccessDenied("no basis to read this record", result.tx_id)
         resource = self._decrypt(reader, record_id, version, patient_id)
+        if record["resource_type"] == "Patient" and version == int(record["version"]):
+            # The reader has just seen these identifiers under an audited read: indexing them
+            # reveals nothing new and lets search find patients registered on other nodes.
+            self.ws.patient_index.update(patient_id, resource)
         return ReadResult(
             record_id, version, str(record["resource_type"]), resource, result.tx_id, basis
         )
@@ -325,6 +332,10 @@ class RecordService:
     # -- erasure --------------------------------------------------------------------------
 
     def _shred(self, record_id: str) -> None:
+        head = self._store.get("record", record_id)
+        if head is not None and head["resource_type"] == "Patient":
+            # Erased demographics must not stay findable by name or NIK on this node.
+            self.ws.patient_index.remove(str(head["patient"]))
         for _, row in self._store.query("record_version", {"record": record_id}):
             self.ws.node.blobs.delete(row["content_hash"])
         self._store.delete_wrapped_keys(record=record_id)

@@ -27,6 +27,7 @@ from rekam.service.consent import ConsentService
 from rekam.service.datadir import CONFIG_FORMAT, DataDir, DataDirError, FolderLock
 from rekam.service.errors import RejectedError
 from rekam.service.node import Node, now_ms
+from rekam.service.patient_index import PatientIndex
 from rekam.service.ports import Orderer
 from rekam.service.records import RecordService
 from rekam.storage import open_store
@@ -77,6 +78,8 @@ class Workspace:
         self.consent = ConsentService(self)
         self.admin = AdminService(self)
         self.audit = AuditService(self)
+        # Node-local keyed search index of Patient resources (filled by RecordService).
+        self.patient_index = PatientIndex(datadir.root)
         node.add_listener(self.records.on_block)
         node.add_listener(self.consent.on_block)
 
@@ -197,6 +200,7 @@ class Workspace:
         try:
             self.node.close()
         finally:
+            self.patient_index.close()
             self._lock.__exit__(None, None, None)
 
     def __enter__(self) -> Workspace:

@@ -37,16 +37,22 @@ from rekam.api.outcome import http_status
 from rekam.crypto import CryptoError
 from rekam.ledger.tx import EMERGENCY_REASONS, RESOURCE_TYPES, ROLES, id_kind
 from rekam.records import synthetic
+from rekam.service import icd10
 from rekam.service.datadir import DataDirError
 from rekam.service.errors import (
     ServiceError,
 )
+from rekam.service.icd10 import Icd10Code
 from rekam.service.portal import (
     LAB_TESTS,
+    MAX_PATIENT_HITS,
     OBSERVATION_KINDS,
     OrgAdminQueries,
+    PatientQueryError,
+    PatientSearch,
     PortalActions,
     PortalService,
+    common_diagnoses,
     export_bundle,
 )
 from rekam.service.portal_auth import TotpStore, new_secret, provisioning_uri
@@ -646,22 +652,56 @@ def create_portal(
 
     # -- clinicians -----------------------------------------------------------------------
 
-    @app.get("/patients")
-    async def patients(request: Request) -> Response:
-        session = current(request, *CLINICAL_ROLES)
-        links = await call(queries.patients_for, session.actor)
+    def patients_view(
+        request: Request,
+        session: WebSession,
+        links: list[Any],
+        query: str = "",
+        found: PatientSearch | None = None,
+        error: str | None = None,
+    ) -> Response:
         return render(
             request,
             "patients.html",
             session,
+            400 if error else 200,
             links=links,
             reasons=EMERGENCY_REASONS,
             emergency_allowed=session.role in ("doctor", "nurse"),
+            query=query,
+            found=found,
+            search_error=error,
+            max_hits=MAX_PATIENT_HITS,
+            birth=lambda value: i18n.format_date(lang_of(request), value),
         )
 
-    @app.get("/patients/{patient}")
-    async def patient_page(request: Request, patient: str) -> Response:
+    @app.get("/patients")
+    async def patients(request: Request) -> Response:
         session = current(request, *CLINICAL_ROLES)
+        links = await call(queries.patients_for, session.actor)
+        return patients_view(request, session, links)
+
+    @app.post("/patients")
+    async def patient_search(request: Request) -> Response:
+        # A POST, rendered directly: the query is a name or a NIK and never goes in a URL.
+        session = current(request, *CLINICAL_ROLES)
+        form = await form_of(request, session)
+        query = str(form.get("q") or "")
+        links = await call(queries.patients_for, session.actor)
+        try:
+            found = await call(queries.search_patients, session.actor, query)
+        except PatientQueryError:
+            return patients_view(request, session, links, query[:100], error="search_short")
+        return patients_view(request, session, links, query.strip(), found)
+
+    async def patient_view(
+        request: Request,
+        session: WebSession,
+        patient: str,
+        icd_query: str = "",
+        icd_found: tuple[list[Icd10Code], int] | None = None,
+        icd_error: str | None = None,
+    ) -> Response:
         links = {link.patient: link for link in await call(queries.patients_for, session.actor)}
         if patient not in links:
             raise PortalError(403, "forbidden")
@@ -670,16 +710,37 @@ def create_portal(
             request,
             "patient.html",
             session,
+            400 if icd_error else 200,
             patient=patient,
             link=links[patient],
             records=list(reversed(records)),
             kinds=("note", *OBSERVATION_KINDS),
-            conditions=synthetic.CONDITIONS,
+            conditions=await call(common_diagnoses),
             medications=synthetic.MEDICATIONS,
             prescriber=session.role == "doctor",
             lab_tests=LAB_TESTS,
             labs=await call(_labs, ws),
+            icd_query=icd_query,
+            icd_found=icd_found,
+            icd_error=icd_error,
         )
+
+    @app.get("/patients/{patient}")
+    async def patient_page(request: Request, patient: str) -> Response:
+        session = current(request, *CLINICAL_ROLES)
+        return await patient_view(request, session, patient)
+
+    @app.post("/patients/{patient}/diagnosis-search")
+    async def diagnosis_search(request: Request, patient: str) -> Response:
+        # A POST: a diagnosis searched next to a patient is clinical data, not for a URL.
+        session = current(request, "doctor")
+        form = await form_of(request, session)
+        query = str(form.get("icd_q") or "")
+        try:
+            found = await call(icd10.search, query)
+        except icd10.Icd10Error:
+            return await patient_view(request, session, patient, query[:100], None, "icd_short")
+        return await patient_view(request, session, patient, query.strip(), found)
 
     @app.post("/patients/{patient}/records")
     async def add_record(request: Request, patient: str) -> Response:
@@ -705,7 +766,14 @@ def create_portal(
     async def add_condition(request: Request, patient: str) -> Response:
         session = current(request, "doctor")
         form = await form_of(request, session)
-        await call(actions.add_condition, session.actor, patient, str(form.get("icd10") or ""))
+        code = str(form.get("icd10") or "")[:20]
+        # Checked again in the service (a real ICD-10 code valid for coding); this gives the
+        # doctor the form back with a clear message instead of a bare error page.
+        try:
+            icd10.lookup(code)
+        except icd10.Icd10Error:
+            return await patient_view(request, session, patient, icd_error="icd_invalid")
+        await call(actions.add_condition, session.actor, patient, code)
         return redirect(f"/patients/{patient}", "added")
 
     @app.post("/patients/{patient}/prescriptions")

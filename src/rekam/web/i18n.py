@@ -6,7 +6,7 @@ strings, and a test checks that both catalogs hold exactly the same keys.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 LANGUAGES = ("id", "en")
 DEFAULT_LANGUAGE = "id"
@@ -231,6 +231,28 @@ CATALOG: dict[str, dict[str, str]] = {
         "f_period": "Waktu kunjungan",
         "f_dosage": "Aturan pakai",
         "f_note": "Catatan",
+        # patient and ICD-10 search
+        "search_title": "Cari pasien",
+        "search_label": "Nama, NIK atau nomor rekam medis",
+        "search_hint": (
+            "Hanya pasien yang boleh Anda akses yang ditampilkan; setiap hasil yang "
+            "ditampilkan tercatat sebagai akses."
+        ),
+        "search_button": "Cari",
+        "search_results": "Hasil pencarian",
+        "search_short": "Masukkan minimal 3 karakter (maksimal 100).",
+        "search_none": "Tidak ada pasien yang cocok di antara pasien yang boleh Anda akses.",
+        "search_more": "Lebih dari {n} pasien cocok; perjelas pencarian.",
+        "birth_date": "Tanggal lahir",
+        "mrn": "No. rekam medis",
+        "icd_search_label": "Cari ICD-10: kode (mis. E11) atau kata dalam bahasa Inggris",
+        "icd_search_button": "Cari kode",
+        "icd_results": "Kode ICD-10 yang cocok",
+        "icd_more": "{shown} dari {total} kode ditampilkan; perjelas pencarian.",
+        "icd_none": "Tidak ada kode ICD-10 yang cocok.",
+        "icd_short": "Masukkan 2 sampai 100 karakter.",
+        "icd_common": "Diagnosis umum",
+        "icd_invalid": "Kode ICD-10 tidak dikenal atau tidak dapat dipakai untuk diagnosis.",
     },
     "en": {
         "app": "Rekam: shared medical records",
@@ -443,6 +465,27 @@ CATALOG: dict[str, dict[str, str]] = {
         "f_period": "Visit",
         "f_dosage": "Dosage",
         "f_note": "Note",
+        # patient and ICD-10 search
+        "search_title": "Find a patient",
+        "search_label": "Name, NIK or medical record number",
+        "search_hint": (
+            "Only patients you may access are shown; each result shown is recorded as an access."
+        ),
+        "search_button": "Search",
+        "search_results": "Search results",
+        "search_short": "Enter at least 3 characters (at most 100).",
+        "search_none": "No matching patient among the patients you may access.",
+        "search_more": "More than {n} patients match; refine the search.",
+        "birth_date": "Date of birth",
+        "mrn": "MR number",
+        "icd_search_label": "Search ICD-10: a code (e.g. E11) or English words",
+        "icd_search_button": "Search codes",
+        "icd_results": "Matching ICD-10 codes",
+        "icd_more": "{shown} of {total} codes shown; refine the search.",
+        "icd_none": "No matching ICD-10 code.",
+        "icd_short": "Enter 2 to 100 characters.",
+        "icd_common": "Common diagnoses",
+        "icd_invalid": "Unknown ICD-10 code, or one that cannot be used for a diagnosis.",
     },
 }
 
@@ -480,3 +523,12 @@ def format_number(lang: str, value: float | int) -> str:
     if pick_language(lang) == "id":
         return text.replace(",", "\0").replace(".", ",").replace("\0", ".")
     return text
+
+
+def format_date(lang: str, value: str) -> str:
+    """A FHIR date (``1985-03-02``) in the local style ('2 Mar 1985'); partial dates as given."""
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        return value
+    return f"{day.day} {_MONTHS[pick_language(lang)][day.month - 1]} {day.year}"
