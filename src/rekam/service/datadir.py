@@ -10,9 +10,11 @@ Layout::
     DIR/secrets/          passphrase files of the node's own organisation keys (mode 0600)
     DIR/directory.json    display labels of organisations and members (never patients)
     DIR/rekam.lock        held while a process writes to the folder
+    DIR/index/            keyed patient search index (HMAC tags only; key in DIR/secrets/)
+    DIR/api/              API tokens (sealed); DIR/portal-totp.json: sealed TOTP secrets
 
 The chain never sees the directory: staff names are local display data. Patient names and
-identifiers exist only inside encrypted record content.
+identifiers exist only inside encrypted record content, and on the node as keyed tags.
 """
 
 from __future__ import annotations
