@@ -19,6 +19,9 @@ from rekam.ledger.tx import RESOURCE_TYPES, Transaction, id_kind
 CLINICAL_ROLES = frozenset({"doctor", "nurse", "pharmacist", "lab_analyst"})
 EMERGENCY_ROLES = frozenset({"doctor", "nurse"})
 REGISTRAR_ROLES = frozenset({"admin", "registrar", "doctor", "nurse"})
+# Roles that never read a record's content on any basis, a direct consent included: an
+# auditor searches access events across the network and runs verifications, nothing more.
+NO_READ_ROLES = frozenset({"auditor"})
 
 # Which resource types each role may author. Everything not listed is refused.
 ROLE_WRITES: dict[str, frozenset[str]] = {
@@ -167,6 +170,8 @@ def basis_holds(
         member = active_member(st, accessor, time)
     except Reject as rejected:
         return rejected.code
+    if member["role"] in NO_READ_ROLES:
+        return "no_basis"
     # Clinical staff see clinical content; registration staff only the Patient resource.
     role_ok = member["role"] in CLINICAL_ROLES or resource_type == "Patient"
     if basis == "author":

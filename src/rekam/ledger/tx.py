@@ -41,7 +41,7 @@ _ID_PREFIX = {"m": "member", "p": "patient", "r": "record", "c": "consent", "e":
 _ID_BODY = re.compile(r"[0-9a-f]{32}")
 
 ORG_KINDS = ("clinic", "hospital", "lab", "pharmacy")
-ROLES = ("admin", "doctor", "nurse", "pharmacist", "lab_analyst", "registrar")
+ROLES = ("admin", "doctor", "nurse", "pharmacist", "lab_analyst", "registrar", "auditor")
 RESOURCE_TYPES = (
     "AllergyIntolerance",
     "Condition",

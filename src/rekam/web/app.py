@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -37,6 +38,7 @@ from rekam.api.outcome import http_status
 from rekam.crypto import CryptoError
 from rekam.ledger.tx import EMERGENCY_REASONS, RESOURCE_TYPES, ROLES, id_kind
 from rekam.records import synthetic
+from rekam.service.audit import EVENT_KINDS, EventFilter
 from rekam.service.datadir import DataDirError
 from rekam.service.errors import (
     ServiceError,
@@ -81,14 +83,7 @@ FLASH_KEYS = (
     "totp_disabled",
     "erased_ok",
 )
-EVENT_KINDS = (
-    "access.read",
-    "record.write",
-    "emergency.open",
-    "prescription.dispense",
-    "consent.grant",
-    "consent.revoke",
-)
+DAY_MS = 24 * 3600 * 1000
 # Enough for a pass phrase an admin hands over; the keystore's Argon2id does the stretching.
 MIN_PASSWORD = 12
 
@@ -315,6 +310,8 @@ def create_portal(
             return "/pharmacy"
         if session.role == "admin":
             return "/admin"
+        if session.role == "auditor":
+            return "/audit"
         if session.role == "lab_analyst":
             return "/lab"
         return "/patients"
@@ -778,6 +775,10 @@ def create_portal(
 
     # -- organisation admin ---------------------------------------------------------------
 
+    def event_page(request: Request) -> int:
+        raw = request.query_params.get("page") or "1"
+        return int(raw) if raw.isdigit() and 0 < len(raw) < 7 else 1
+
     async def admin_page(
         request: Request, session: WebSession, status: int = 200, **extra: Any
     ) -> Response:
@@ -785,6 +786,7 @@ def create_portal(
         kind = request.query_params.get("kind") or None
         if kind is not None and kind not in EVENT_KINDS:
             kind = None
+        events = await call(ws.audit.search, EventFilter(org=org, kind=kind), event_page(request))
         return render(
             request,
             "admin.html",
@@ -792,7 +794,9 @@ def create_portal(
             status,
             members=await call(admin.members, org),
             node=await call(admin.status),
-            events=await call(admin.events, org, kind),
+            events=events.entries,
+            paging=events,
+            filters={"kind": kind or ""},
             kind=kind,
             kinds=EVENT_KINDS,
             roles=tuple(r for r in ROLES if r != "admin"),
@@ -834,6 +838,60 @@ def create_portal(
         report = await call_alone(verify_chain, ws.node.store, ws.genesis, ws.node.blobs)
         return await admin_page(request, session, report=report)
 
+    # -- auditor: verification and the network-wide access-event search --------------------
+
+    def audit_filter(request: Request) -> EventFilter:
+        params = request.query_params
+        kind = params.get("kind") or None
+        org = params.get("org") or None
+        patient = (params.get("patient") or "").strip() or None
+        since = _day_start(params.get("from") or "")
+        until = _day_start(params.get("to") or "")
+        if until is not None:
+            until += DAY_MS  # the "to" day is included
+        where = EventFilter(org=org, kind=kind, patient=patient, since=since, until=until)
+        if (params.get("from") and since is None) or (params.get("to") and until is None):
+            raise ValueError("bad date")
+        where.check()
+        return where
+
+    async def audit_page(
+        request: Request, session: WebSession, status: int = 200, **extra: Any
+    ) -> Response:
+        params = request.query_params
+        error = None
+        try:
+            where = audit_filter(request)
+        except (ValueError, ServiceError):
+            # Bad filter values: say so and show the unfiltered list, keeping what was typed.
+            where, error, status = EventFilter(), "filter_invalid", 400
+        events = await call(ws.audit.search, where, event_page(request))
+        return render(
+            request,
+            "audit.html",
+            session,
+            status,
+            node=await call(admin.status),
+            events=events.entries,
+            paging=events,
+            filters={k: params.get(k, "")[:80] for k in ("kind", "org", "patient", "from", "to")},
+            kinds=EVENT_KINDS,
+            orgs=await call(_orgs, ws),
+            **{"report": None, "error": error, **extra},
+        )
+
+    @app.get("/audit")
+    async def audit_home(request: Request) -> Response:
+        return await audit_page(request, current(request, "auditor"))
+
+    @app.post("/audit/verify")
+    async def audit_verify(request: Request) -> Response:
+        session = current(request, "auditor")
+        await form_of(request, session)
+        # Exactly the admin page's check, run alone so no write interleaves.
+        report = await call_alone(verify_chain, ws.node.store, ws.genesis, ws.node.blobs)
+        return await audit_page(request, session, report=report)
+
     return app
 
 
@@ -852,6 +910,24 @@ def _labs(ws: Workspace) -> list[tuple[str, str]]:
     labels = ws.datadir.labels()
     rows = ws.node.store.query("org", {"active": True})
     return sorted((key, labels.get(key, key)) for key, row in rows if row["kind"] == "lab")
+
+
+def _orgs(ws: Workspace) -> list[tuple[str, str]]:
+    """Every organisation on the chain with its display label, for the auditor's filter."""
+    labels = ws.datadir.labels()
+    return sorted(
+        ((key, labels.get(key, key)) for key, _ in ws.node.store.state_rows("org")),
+        key=lambda item: item[1],
+    )
+
+
+def _day_start(text: str) -> int | None:
+    """Midnight in Jakarta (WIB) of a YYYY-MM-DD date, in ms; None when not such a date."""
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return int(datetime(day.year, day.month, day.day, tzinfo=i18n.WIB).timestamp() * 1000)
 
 
 def _load_credentials(root: Path) -> dict[str, Any]:

@@ -231,6 +231,38 @@ CATALOG: dict[str, dict[str, str]] = {
         "f_period": "Waktu kunjungan",
         "f_dosage": "Aturan pakai",
         "f_note": "Catatan",
+        # auditor, password reset, access requests
+        "nav_audit": "Audit",
+        "audit_title": "Audit jaringan",
+        "audit_intro": (
+            "Kejadian akses semua organisasi di jaringan: ID pasien pseudonim dan kode saja, "
+            "tanpa isi rekam medis."
+        ),
+        "audit_events_title": "Cari kejadian akses",
+        "all_orgs": "Semua organisasi",
+        "period_from": "Dari tanggal",
+        "period_to": "Sampai tanggal",
+        "filter_invalid": (
+            "Saringan tidak valid (ID organisasi, ID pasien p-…, jenis kejadian atau "
+            "tanggal). Daftar ditampilkan tanpa saringan."
+        ),
+        "the_patient": "pasien sendiri",
+        "outcome": "Hasil / dasar",
+        "outcome_denied": "ditolak",
+        "basis_own": "pasien sendiri",
+        "basis_author": "penulis",
+        "basis_organisation": "organisasi",
+        "basis_consent": "izin",
+        "basis_emergency": "darurat",
+        "basis_none": "tanpa dasar",
+        "no_events": "Tidak ada kejadian.",
+        "pages": "Halaman",
+        "page_of": "Halaman {page} dari {pages} ({total} kejadian)",
+        "page_prev": "Sebelumnya",
+        "page_next": "Berikutnya",
+        "ev_key.rotate": "mengganti kunci",
+        "ev_consent.request": "meminta akses",
+        "ev_consent.decline": "menolak permintaan",
     },
     "en": {
         "app": "Rekam: shared medical records",
@@ -443,6 +475,38 @@ CATALOG: dict[str, dict[str, str]] = {
         "f_period": "Visit",
         "f_dosage": "Dosage",
         "f_note": "Note",
+        # auditor, password reset, access requests
+        "nav_audit": "Audit",
+        "audit_title": "Network audit",
+        "audit_intro": (
+            "Access events of every organisation in the network: pseudonymous patient ids and "
+            "codes only, never record content."
+        ),
+        "audit_events_title": "Search access events",
+        "all_orgs": "All organisations",
+        "period_from": "From date",
+        "period_to": "To date",
+        "filter_invalid": (
+            "Invalid filter (organisation id, patient id p-…, event kind or date). The list "
+            "is shown unfiltered."
+        ),
+        "the_patient": "the patient",
+        "outcome": "Outcome / basis",
+        "outcome_denied": "denied",
+        "basis_own": "own",
+        "basis_author": "author",
+        "basis_organisation": "organisation",
+        "basis_consent": "consent",
+        "basis_emergency": "emergency",
+        "basis_none": "no basis",
+        "no_events": "No events.",
+        "pages": "Pages",
+        "page_of": "Page {page} of {pages} ({total} events)",
+        "page_prev": "Previous",
+        "page_next": "Next",
+        "ev_key.rotate": "replaced keys",
+        "ev_consent.request": "requested access",
+        "ev_consent.decline": "declined a request",
     },
 }
 
