@@ -6,9 +6,14 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from rekam.service.audit import EventFilter
+import pytest
+from fastapi.testclient import TestClient
+from httpx import Response
 
-from .conftest import Portal, csrf_of
+from rekam.service.audit import EventFilter
+from rekam.service.errors import AccessDenied
+
+from .conftest import Portal, csrf_of, login
 
 
 def _events_section(html: str) -> str:
@@ -138,3 +143,163 @@ def test_admin_enrols_an_auditor(portal: Portal) -> None:
     assert enrolled.status_code == 303
     members = portal.ws.node.store.query("member", {"role": "auditor"})
     assert len(members) == 2
+
+
+# -- admin password reset and changing one's password ----------------------------------------
+
+
+def _reset(portal: Portal, admin_name: str, member: str) -> tuple[int, str]:
+    admin = portal.login(admin_name)
+    page = admin.get("/admin")
+    response = admin.post(f"/admin/members/{member}/reset", data={"csrf": csrf_of(page.text)})
+    match = re.search(r'<code id="one-time-password">([^<]+)</code>', response.text)
+    return response.status_code, match.group(1) if match else ""
+
+
+def _change(client: TestClient, old: str, new: str, confirm: str | None = None) -> Response:
+    page = client.get("/account/password")
+    return client.post(
+        "/account/password",
+        data={
+            "csrf": csrf_of(page.text),
+            "old": old,
+            "new": new,
+            "confirm": new if confirm is None else confirm,
+        },
+    )
+
+
+def test_admin_resets_a_members_password(portal: Portal) -> None:
+    doctor_id = portal.id_of("dokter-melati")
+    old_password = portal.password("dokter-melati")
+    old_keys = dict(portal.ws.node.store.get("member", doctor_id) or {})
+    open_session = portal.login("dokter-melati")
+    assert open_session.get("/patients").status_code == 200
+    # Someone locked the member's user name by guessing (from another address).
+    guesser = TestClient(portal.app, follow_redirects=False, client=("192.0.2.7", 50000))
+    for _ in range(5):
+        login(guesser, "dokter-melati", "not the password")
+    assert login(portal.client(), "dokter-melati", old_password).status_code == 429
+
+    status, otp = _reset(portal, "admin-melati", doctor_id)
+    assert status == 200 and len(otp) >= 12
+    # On the chain: a key.rotate signed by the admin, replacing the member's keys.
+    new_keys = portal.ws.node.store.get("member", doctor_id) or {}
+    assert new_keys["sign_key"] != old_keys["sign_key"]
+    assert new_keys["enc_key"] != old_keys["enc_key"]
+    (reset,) = portal.ws.admin.resets_for_org("klinik-melati")
+    assert reset.member == doctor_id and reset.by == portal.id_of("admin-melati")
+    stored = portal.ws.node.store.get_tx(reset.tx_id)
+    assert stored is not None and stored.valid
+    # The old keystore is kept, retired; the one-time password is stored nowhere in clear.
+    keys_dir = portal.ws.datadir.keystore_path(doctor_id).parent
+    assert list(keys_dir.glob(f"{doctor_id}.retired-*.json"))
+    for path in portal.root.rglob("*"):
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            assert otp.encode() not in path.read_bytes(), path.name
+    # The admin's page lists the reset.
+    admin_page = portal.login("admin-melati").get("/admin").text
+    assert 'id="resets"' in admin_page and "one-time-password" not in admin_page
+
+    # The member's open session ended; the lockout was lifted; the old password is gone.
+    assert open_session.get("/patients").status_code == 303
+    assert login(portal.client(), "dokter-melati", old_password).status_code == 401
+    # The one-time password works once, for choosing a new one only.
+    member = portal.client()
+    response = login(member, "dokter-melati", otp)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/account/password")
+    blocked = member.get("/patients")
+    assert blocked.status_code == 303 and blocked.headers["location"].startswith(
+        "/account/password"
+    )
+    assert _change(member, otp, "short").status_code == 400
+    assert _change(member, otp, "a brand new pass phrase", "different").status_code == 400
+    assert _change(member, "wrong one-time pw", "a brand new pass phrase").status_code == 400
+    changed = _change(member, otp, "a brand new pass phrase")
+    assert changed.status_code == 303
+    assert member.get("/patients").status_code == 200
+    assert login(portal.client(), "dokter-melati", otp).status_code == 401
+    again = portal.login("dokter-melati", "a brand new pass phrase")
+    # Reads of the organisation's records still work: organisation wraps cover them.
+    pid = portal.id_of("patient-1")
+    record = next(
+        key
+        for key, row in portal.ws.records.for_patient(pid)
+        if row["author_org"] == "klinik-melati" and not row["erased"]
+    )
+    assert again.get(f"/records/{record}").status_code == 200
+    # And the chain still verifies with an admin-signed rotation in it.
+    auditor = portal.login("auditor-melati")
+    report = auditor.post("/audit/verify", data={"csrf": csrf_of(auditor.get("/audit").text)})
+    assert "Verifikasi berhasil" in report.text
+
+
+def test_reset_is_refused_across_orgs_for_patients_and_oneself(portal: Portal) -> None:
+    admin = portal.login("admin-melati")
+    token = csrf_of(admin.get("/admin").text)
+    for target in (
+        portal.id_of("dokter-kenanga"),
+        portal.id_of("patient-1"),
+        portal.id_of("admin-melati"),
+    ):
+        response = admin.post(f"/admin/members/{target}/reset", data={"csrf": token})
+        assert response.status_code == 403
+    doctor = portal.login("dokter-melati")
+    target = portal.id_of("perawat-melati")
+    assert doctor.post(f"/admin/members/{target}/reset", data={"csrf": "x"}).status_code == 403
+    assert admin.post(f"/admin/members/{target}/reset", data={"csrf": "x"}).status_code == 403
+    assert portal.ws.admin.resets_for_org("klinik-melati") == []
+
+
+def test_reset_counts_keys_only_the_old_personal_key_held(portal: Portal) -> None:
+    ws = portal.ws
+    nurse = portal.id_of("perawat-melati")
+    admin = ws.actor(portal.id_of("admin-melati"), portal.password("admin-melati"))
+    held = ws.node.store.wrapped_keys_for(nurse)
+    if not held:
+        pid = portal.id_of("patient-1")
+        actor = ws.actor(nurse, portal.password("perawat-melati"))
+        ws.records.write(
+            actor,
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "x"},
+                "subject": {"reference": f"Patient/{pid}"},
+            },
+            patient=pid,
+        )
+        held = ws.node.store.wrapped_keys_for(nurse)
+    record = held[0][0]
+    head = ws.node.store.get("record", record) or {}
+    home = (ws.node.store.get("patient", head["patient"]) or {})["home_org"]
+    # Only the nurse's own wrap is left for this version: nothing else opens it.
+    for org in {"klinik-melati", home, head["author_org"]}:
+        ws.node.store.delete_wrapped_keys(record=record, recipient=org)
+    reset = ws.admin.reset_member_password(admin, nurse)
+    assert reset.lost >= 1 and reset.rewrapped == len(held) - reset.lost
+    with pytest.raises(AccessDenied):
+        other = ws.actor(portal.id_of("dokter-kenanga"), portal.password("dokter-kenanga"))
+        ws.admin.reset_member_password(other, nurse)
+
+
+def test_every_user_changes_their_own_password(portal: Portal) -> None:
+    patient = portal.login("patient-2")
+    account = patient.get("/account").text
+    assert portal.id_of("patient-2") in account and "/account/password" in account
+    old = portal.password("patient-2")
+    assert _change(patient, "not my password!", "my new long password").status_code == 400
+    assert _change(patient, old, old).status_code == 400
+    done = _change(patient, old, "my new long password")
+    assert done.status_code == 303 and "password_changed" in done.headers["location"]
+    assert login(portal.client(), "patient-2", old).status_code == 401
+    again = portal.login("patient-2", "my new long password")
+    assert again.get("/me").status_code == 200
+
+
+def test_guessing_the_current_password_locks_out(portal: Portal) -> None:
+    nurse = portal.login("perawat-melati")
+    statuses = [_change(nurse, f"guess no. {i}", "whatever new pw").status_code for i in range(5)]
+    assert statuses[:4] == [400] * 4 and statuses[4] == 429
+    assert nurse.get("/patients").status_code == 303  # the session ended with the lock

@@ -38,9 +38,11 @@ from rekam.api.outcome import http_status
 from rekam.crypto import CryptoError
 from rekam.ledger.tx import EMERGENCY_REASONS, RESOURCE_TYPES, ROLES, id_kind
 from rekam.records import synthetic
+from rekam.service.admin import MIN_PASSWORD
 from rekam.service.audit import EVENT_KINDS, EventFilter
 from rekam.service.datadir import DataDirError
 from rekam.service.errors import (
+    AccessDenied,
     ServiceError,
 )
 from rekam.service.portal import (
@@ -51,7 +53,7 @@ from rekam.service.portal import (
     PortalService,
     export_bundle,
 )
-from rekam.service.portal_auth import TotpStore, new_secret, provisioning_uri
+from rekam.service.portal_auth import PasswordResets, TotpStore, new_secret, provisioning_uri
 from rekam.service.verify import verify_chain
 from rekam.service.workspace import Workspace
 from rekam.web import chart, i18n
@@ -82,10 +84,12 @@ FLASH_KEYS = (
     "totp_enabled",
     "totp_disabled",
     "erased_ok",
+    "password_changed",
+    "password_must_change",
 )
 DAY_MS = 24 * 3600 * 1000
-# Enough for a pass phrase an admin hands over; the keystore's Argon2id does the stretching.
-MIN_PASSWORD = 12
+# Pages a session with a reset's one-time password may still use.
+_WHILE_MUST_CHANGE = ("/account/password", "/logout")
 
 
 class ServiceLock(Protocol):
@@ -126,6 +130,10 @@ class LoginRequired(Exception):
     def __init__(self, expired: bool) -> None:
         super().__init__("login required")
         self.expired = expired
+
+
+class PasswordChangeRequired(Exception):
+    """The session logged in with a reset's one-time password: choose a new one first."""
 
 
 # The message shown for each status a service error maps to.
@@ -208,6 +216,7 @@ def create_portal(
     actions = PortalActions(ws)
     admin = OrgAdminQueries(ws)
     totp = TotpStore(ws.datadir.root)
+    resets = PasswordResets(ws.datadir.root)
     wall = config.wall_clock or time.time
     credentials = dict(config.credentials) or _load_credentials(ws.datadir.root)
     env = jinja2.Environment(
@@ -289,6 +298,8 @@ def create_portal(
         session, expired = sessions.get(request.cookies.get(SESSION_COOKIE))
         if session is None:
             raise LoginRequired(expired)
+        if session.must_change and request.url.path not in _WHILE_MUST_CHANGE:
+            raise PasswordChangeRequired()
         if roles and session.role not in roles:
             raise PortalError(403, "forbidden")
         return session
@@ -326,6 +337,10 @@ def create_portal(
         response = redirect("/login", "expired" if exc.expired else None)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
+
+    @app.exception_handler(PasswordChangeRequired)
+    async def _must_change(_request: Request, _exc: PasswordChangeRequired) -> Response:
+        return redirect("/account/password", "password_must_change")
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
@@ -397,7 +412,12 @@ def create_portal(
             return login_page(request, 401, "login_failed")
         guard.succeeded(user_key)
         session = sessions.create(actor, role, queries.member_org(actor), name or principal)
-        response = redirect(home_of(session))
+        session.must_change = await call(resets.must_change, actor.id)
+        response = (
+            redirect("/account/password", "password_must_change")
+            if session.must_change
+            else redirect(home_of(session))
+        )
         response.set_cookie(
             SESSION_COOKIE,
             session.sid,
@@ -474,6 +494,46 @@ def create_portal(
         if not await call(totp.disable, session.actor, code, wall()):
             return await account_page(request, session, 400, "totp_wrong")
         return redirect("/account", "totp_disabled")
+
+    # -- account: change one's own password (re-encrypts the keystore) ------------------
+
+    def password_page(
+        request: Request, session: WebSession, status: int = 200, error: str | None = None
+    ) -> Response:
+        return render(request, "password.html", session, status, error=error)
+
+    @app.get("/account/password")
+    async def password_form(request: Request) -> Response:
+        return password_page(request, current(request))
+
+    @app.post("/account/password")
+    async def password_change(request: Request) -> Response:
+        session = current(request)
+        form = await form_of(request, session)
+        old = str(form.get("old") or "")[:1000]
+        new = str(form.get("new") or "")[:1000]
+        if new != str(form.get("confirm") or "")[:1000]:
+            return password_page(request, session, 400, "password_mismatch")
+        if len(new) < MIN_PASSWORD:
+            return password_page(request, session, 400, "password_short")
+        if new == old:
+            return password_page(request, session, 400, "password_same")
+        client = f"ip:{request.client.host if request.client else '-'}"
+        user_key = f"user:{session.actor.id}"
+        try:
+            await call(ws.admin.change_password, session.actor, old, new)
+        except AccessDenied:
+            # A wrong current password counts as a failed login: the form must not become
+            # a way around the lockout.
+            guard.failed(user_key, client)
+            if guard.locked(user_key, client):
+                sessions.end(session.sid)
+                response = login_page(request, 429, "login_locked")
+                response.delete_cookie(SESSION_COOKIE, path="/")
+                return response
+            return password_page(request, session, 400, "password_wrong")
+        session.must_change = False
+        return redirect(home_of(session), "password_changed")
 
     # -- patient --------------------------------------------------------------------------
 
@@ -800,7 +860,8 @@ def create_portal(
             kind=kind,
             kinds=EVENT_KINDS,
             roles=tuple(r for r in ROLES if r != "admin"),
-            **{"report": None, "error": None, **extra},
+            resets=await call(ws.admin.resets_for_org, org),
+            **{"report": None, "error": None, "reset": None, **extra},
         )
 
     @app.get("/admin")
@@ -830,6 +891,21 @@ def create_portal(
             raise PortalError(403, "forbidden")
         await call(ws.admin.revoke_member, session.actor, member)
         return redirect("/admin", "member_revoked")
+
+    @app.post("/admin/members/{member}/reset")
+    async def reset_password(request: Request, member: str) -> Response:
+        session = current(request, "admin")
+        await form_of(request, session)
+        row = await call(ws.node.store.get, "member", member[:80])
+        if row is None or row["org"] != session.org or member == session.actor.id:
+            raise PortalError(403, "forbidden")
+        reset = await call(ws.admin.reset_member_password, session.actor, member)
+        # The member's open sessions still hold the old keys: they end now. Their failed
+        # logins are forgotten under every name they log in with.
+        sessions.end_principal(member)
+        guard.clear(*(f"user:{name.lower()}" for name in _names_of(credentials, member)))
+        # Shown once, in this response only (no redirect: a URL would keep it); never logged.
+        return await admin_page(request, session, reset=reset)
 
     @app.post("/admin/verify")
     async def verify(request: Request) -> Response:
@@ -937,6 +1013,16 @@ def _load_credentials(root: Path) -> dict[str, Any]:
         return {}
     data: dict[str, Any] = json.loads(path.read_text("utf-8"))
     return data
+
+
+def _names_of(credentials: Mapping[str, Any], principal: str) -> list[str]:
+    """Every user name a principal can log in with: its id and its demo names."""
+    names = [principal]
+    names += [k for k, v in credentials.get("members", {}).items() if v.get("id") == principal]
+    for n, entry in enumerate(credentials.get("patients", []), start=1):
+        if entry.get("id") == principal:
+            names.append(f"patient-{n}")
+    return names
 
 
 def _resolve(credentials: Mapping[str, Any], username: str) -> tuple[str, str]:

@@ -263,6 +263,41 @@ CATALOG: dict[str, dict[str, str]] = {
         "ev_key.rotate": "mengganti kunci",
         "ev_consent.request": "meminta akses",
         "ev_consent.decline": "menolak permintaan",
+        "password_title": "Ganti kata sandi",
+        "password_link": "Ganti kata sandi Anda",
+        "password_old": "Kata sandi saat ini",
+        "password_old_otp": "Kata sandi sekali pakai dari admin",
+        "password_new": "Kata sandi baru (min. 12 karakter)",
+        "password_confirm": "Ulangi kata sandi baru",
+        "password_button": "Simpan kata sandi",
+        "password_changed": "Kata sandi diganti.",
+        "password_must_change": "Pilih kata sandi baru sebelum melanjutkan.",
+        "password_must_change_help": (
+            "Kata sandi Anda direset oleh admin. Masukkan kata sandi sekali pakai yang Anda "
+            "terima, lalu pilih kata sandi baru."
+        ),
+        "password_mismatch": "Kedua kata sandi baru tidak sama.",
+        "password_same": "Kata sandi baru harus berbeda dari yang lama.",
+        "password_wrong": "Kata sandi saat ini salah.",
+        "reset_password": "Reset kata sandi",
+        "reset_done_title": "Kata sandi {name} direset",
+        "reset_done_help": (
+            "Serahkan kata sandi sekali pakai ini langsung kepada anggota. Kata sandi ini hanya "
+            "ditampilkan sekarang dan tidak disimpan. Anggota harus memilih kata sandi baru "
+            "saat masuk."
+        ),
+        "reset_keys": (
+            "Kunci diganti di rantai. Kunci konten dibungkus ulang: {rewrapped}; hilang (hanya "
+            "untuk kunci pribadi lama): {lost}."
+        ),
+        "resets_title": "Reset kata sandi",
+        "resets_empty": "Belum ada reset.",
+        "reset_by": "Oleh",
+        "my_id_title": "ID pasien Anda",
+        "my_id_help": (
+            "ID pseudonim ini bisa Anda berikan kepada klinik agar dokter dapat meminta akses "
+            "ke data Anda."
+        ),
     },
     "en": {
         "app": "Rekam: shared medical records",
@@ -507,6 +542,40 @@ CATALOG: dict[str, dict[str, str]] = {
         "ev_key.rotate": "replaced keys",
         "ev_consent.request": "requested access",
         "ev_consent.decline": "declined a request",
+        "password_title": "Change password",
+        "password_link": "Change your password",
+        "password_old": "Current password",
+        "password_old_otp": "One-time password from your admin",
+        "password_new": "New password (at least 12 characters)",
+        "password_confirm": "Repeat the new password",
+        "password_button": "Save password",
+        "password_changed": "Password changed.",
+        "password_must_change": "Choose a new password before you go on.",
+        "password_must_change_help": (
+            "Your password was reset by your admin. Enter the one-time password you were "
+            "given, then choose a new password."
+        ),
+        "password_mismatch": "The two new passwords differ.",
+        "password_same": "The new password must differ from the old one.",
+        "password_wrong": "The current password is wrong.",
+        "reset_password": "Reset password",
+        "reset_done_title": "Password of {name} reset",
+        "reset_done_help": (
+            "Hand this one-time password to the member in person. It is shown only now and "
+            "stored nowhere. The member must choose a new password when logging in."
+        ),
+        "reset_keys": (
+            "Keys replaced on the chain. Content keys wrapped again: {rewrapped}; lost (held "
+            "only under the old personal key): {lost}."
+        ),
+        "resets_title": "Password resets",
+        "resets_empty": "No resets yet.",
+        "reset_by": "By",
+        "my_id_title": "Your patient id",
+        "my_id_help": (
+            "You can give this pseudonymous id to a clinic so that a doctor can request "
+            "access to your data."
+        ),
     },
 }
 
