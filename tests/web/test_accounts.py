@@ -12,6 +12,7 @@ from httpx import Response
 
 from rekam.service.audit import EventFilter
 from rekam.service.errors import AccessDenied
+from rekam.service.verify import verify_chain
 
 from .conftest import Portal, csrf_of, login
 
@@ -303,3 +304,122 @@ def test_guessing_the_current_password_locks_out(portal: Portal) -> None:
     statuses = [_change(nurse, f"guess no. {i}", "whatever new pw").status_code for i in range(5)]
     assert statuses[:4] == [400] * 4 and statuses[4] == 429
     assert nurse.get("/patients").status_code == 303  # the session ended with the lock
+
+
+# -- clinicians request access; patients grant or decline -------------------------------------
+
+
+def _ask(client: TestClient, target: str, /, **fields: object) -> Response:
+    page = client.get("/requests", params={"patient": target})
+    data: dict[str, object] = {
+        "csrf": csrf_of(page.text),
+        "patient": target,
+        "purpose": "treatment",
+        "days": "14",
+        **fields,
+    }
+    return client.post("/requests", data=data)
+
+
+def test_request_grant_and_read(portal: Portal) -> None:
+    pid = portal.id_of("patient-3")
+    doctor = portal.login("dokter-kenanga")
+    patient = portal.login("patient-3")
+    # The patient finds their id on the account page to give to the clinic.
+    assert pid in patient.get("/account").text
+    form = doctor.get("/requests", params={"patient": pid})
+    assert form.status_code == 200 and f'value="{pid}"' in form.text
+    sent = _ask(doctor, pid, resource_type=["Condition", "Observation"])
+    assert sent.status_code == 303 and "request_sent" in sent.headers["location"]
+    mine = doctor.get("/requests").text.split('id="my-requests"', 1)[1]
+    assert pid in mine and "menunggu jawaban" in mine
+    # The patient sees the request in their history and answers it on the consents page.
+    history = patient.get("/me/access").text
+    assert "meminta akses" in history and "dr. Budi Fiktif" in history
+    page = patient.get("/me/consents")
+    (request_id,) = re.findall(r"/me/requests/([0-9a-f]{64})/grant", page.text)
+    granted = patient.post(f"/me/requests/{request_id}/grant", data={"csrf": csrf_of(page.text)})
+    assert granted.status_code == 303
+    consents = portal.ws.consent.active_for_patient(pid)
+    doctor_id = portal.id_of("dokter-kenanga")
+    (row,) = [
+        row
+        for _, row in consents
+        if row["grantee"] == doctor_id
+        and row["start"] > 0
+        and row["resource_types"] == ["Condition", "Observation"]
+    ]
+    assert row["purpose"] == "treatment"
+    assert row["end"] - row["start"] == 14 * 24 * 3600 * 1000
+    # Answered: no longer open for the patient; shown as granted to the doctor.
+    assert "/me/requests/" not in patient.get("/me/consents").text
+    assert "diberikan" in doctor.get("/requests").text.split('id="my-requests"', 1)[1]
+    again = patient.post(f"/me/requests/{request_id}/grant", data={"csrf": csrf_of(page.text)})
+    assert again.status_code == 403
+
+
+def test_request_declined_is_closed_on_the_chain(portal: Portal) -> None:
+    pid = portal.id_of("patient-4")
+    nurse = portal.login("perawat-melati")
+    assert _ask(nurse, pid, purpose="referral").status_code == 303
+    patient = portal.login("patient-4")
+    page = patient.get("/me/consents")
+    (request_id,) = re.findall(r"/me/requests/([0-9a-f]{64})/decline", page.text)
+    # Another patient cannot answer it.
+    other = portal.login("patient-1")
+    token = csrf_of(other.get("/me/consents").text)
+    assert other.post(f"/me/requests/{request_id}/decline", data={"csrf": token}).status_code == 404
+    declined = patient.post(f"/me/requests/{request_id}/decline", data={"csrf": csrf_of(page.text)})
+    assert declined.status_code == 303 and "request_declined" in declined.headers["location"]
+    assert (portal.ws.node.store.get("event", request_id) or {})["allowed"] is False
+    kinds = [e.kind for e in portal.ws.audit.history(pid)]
+    assert kinds[-2:] == ["consent.request", "consent.decline"]
+    assert "/me/requests/" not in patient.get("/me/consents").text
+    assert "ditolak" in nurse.get("/requests").text.split('id="my-requests"', 1)[1]
+    # No consent came of it.
+    nurse_id = portal.id_of("perawat-melati")
+    assert all(row["grantee"] != nurse_id for _, row in portal.ws.consent.active_for_patient(pid))
+    # rekam verify re-derives the request and the rewritten request row from the blocks.
+    ws = portal.ws
+    report = verify_chain(ws.node.store, ws.genesis, ws.node.blobs)
+    assert report.ok, report.summary()
+
+
+def test_request_form_refuses_bad_input_and_keeps_it(portal: Portal) -> None:
+    doctor = portal.login("dokter-kenanga")
+    before = len(portal.ws.node.store.query("event", {"kind": "consent.request"}))
+    pid = portal.id_of("patient-2")
+    for fields, status in (
+        ({"purpose": "own"}, 400),
+        ({"days": "0"}, 400),
+        ({"days": "many"}, 400),
+        ({"resource_type": ["Secret"]}, 400),
+        ({"patient": "Budi Fiktif"}, 400),
+        ({"patient": "p-" + "0" * 32}, 404),
+    ):
+        response = _ask(doctor, pid, **fields)
+        assert response.status_code == status, fields
+        assert 'role="alert"' in response.text
+    kept = _ask(doctor, pid, days="0")
+    assert f'value="{pid}"' in kept.text
+    assert len(portal.ws.node.store.query("event", {"kind": "consent.request"})) == before
+    # Only clinical staff ask; patients, admins and auditors cannot.
+    for user in ("patient-1", "admin-melati", "auditor-melati"):
+        assert portal.login(user).get("/requests").status_code == 403
+
+
+def test_expired_requests_are_not_open(portal: Portal) -> None:
+    from rekam.service.consent import REQUEST_OPEN_DAYS
+
+    pid = portal.id_of("patient-2")
+    doctor = portal.login("dokter-kenanga")
+    assert _ask(doctor, pid).status_code == 303
+    (found,) = portal.ws.consent.requests_for_patient(pid)
+    assert found.open
+    clock = portal.ws.node.clock
+    portal.ws.node.clock = lambda: clock() + REQUEST_OPEN_DAYS * 24 * 3600 * 1000 + 1
+    try:
+        (later,) = portal.ws.consent.requests_for_patient(pid)
+        assert later.status == "expired"
+    finally:
+        portal.ws.node.clock = clock

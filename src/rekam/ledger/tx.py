@@ -213,6 +213,15 @@ BODY_SCHEMAS: dict[str, dict[str, Check]] = {
         "end": _int(),
     },
     "consent.revoke": {"consent": _ident("consent")},
+    # A clinician asks the patient for access: the grantee is the signer; no free text.
+    "consent.request": {
+        "patient": _PATIENT,
+        "resource_types": _types_list,
+        "purpose": _enum(CONSENT_PURPOSES),
+        "days": _int(1),
+    },
+    # The patient (or their home organisation) declines a request, named by its tx id.
+    "consent.decline": {"request": _hex64},
     "access.read": {
         "patient": _PATIENT,
         "record": _RECORD,

@@ -86,7 +86,12 @@ FLASH_KEYS = (
     "erased_ok",
     "password_changed",
     "password_must_change",
+    "request_sent",
+    "request_declined",
 )
+# Who may ask a patient for access (the ledger's clinical roles).
+REQUESTER_ROLES = ("doctor", "nurse", "lab_analyst", "pharmacist")
+PORTAL_PURPOSES = ("treatment", "dispensing", "referral")
 DAY_MS = 24 * 3600 * 1000
 # Pages a session with a reset's one-time password may still use.
 _WHILE_MUST_CHANGE = ("/account/password", "/logout")
@@ -591,11 +596,13 @@ def create_portal(
         session = current(request, "patient")
         rows = await call(ws.consent.active_for_patient, session.actor.id)
         grantees = await call(_grantees, ws)
+        asked = await call(ws.consent.requests_for_patient, session.actor.id)
         return render(
             request,
             "consents.html",
             session,
             consents=rows,
+            requests=[r for r in asked if r.open],
             grantees=grantees,
             resource_types=RESOURCE_TYPES,
             purposes=("treatment", "dispensing", "referral"),
@@ -638,6 +645,83 @@ def create_portal(
             raise PortalError(404, "not_found")
         await call(ws.consent.revoke, session.actor, consent)
         return redirect("/me/consents", "revoked")
+
+    @app.post("/me/requests/{access_request}/grant")
+    async def grant_request(request: Request, access_request: str) -> Response:
+        session = current(request, "patient")
+        await form_of(request, session)
+        await call(ws.consent.grant_request, session.actor, session.actor.id, access_request[:80])
+        return redirect("/me/consents", "granted")
+
+    @app.post("/me/requests/{access_request}/decline")
+    async def decline_request(request: Request, access_request: str) -> Response:
+        session = current(request, "patient")
+        await form_of(request, session)
+        await call(ws.consent.decline_request, session.actor, session.actor.id, access_request[:80])
+        return redirect("/me/consents", "request_declined")
+
+    # -- clinicians: requesting access from a patient ------------------------------------
+
+    async def requests_page(
+        request: Request,
+        session: WebSession,
+        status: int = 200,
+        error: str | None = None,
+        typed: Mapping[str, Any] | None = None,
+    ) -> Response:
+        # A refused form comes back with what was entered (ids and codes only).
+        typed = typed or {}
+        wanted = str(typed.get("patient") or request.query_params.get("patient") or "")
+        wanted = wanted.strip()[:40]
+        return render(
+            request,
+            "requests.html",
+            session,
+            status,
+            requests=await call(ws.consent.requests_by, session.actor.id),
+            patient=wanted if id_kind(wanted) == "patient" or error else "",
+            chosen=list(typed.get("types") or []),
+            purpose=str(typed.get("purpose") or "treatment"),
+            days=str(typed.get("days") or "30")[:6],
+            resource_types=RESOURCE_TYPES,
+            purposes=PORTAL_PURPOSES,
+            error=error,
+        )
+
+    @app.get("/requests")
+    async def access_requests(request: Request) -> Response:
+        return await requests_page(request, current(request, *REQUESTER_ROLES))
+
+    @app.post("/requests")
+    async def request_access(request: Request) -> Response:
+        session = current(request, *REQUESTER_ROLES)
+        form = await form_of(request, session)
+        patient = str(form.get("patient") or "").strip()[:80]
+        types = [str(v) for v in form.getlist("resource_type")] or ["*"]
+        purpose = str(form.get("purpose") or "")
+        typed = {"patient": patient, "types": types, "purpose": purpose, "days": form.get("days")}
+        try:
+            days = int(str(form.get("days") or ""))
+        except ValueError:
+            return await requests_page(request, session, 400, "request_invalid", typed)
+        if (
+            id_kind(patient) != "patient"
+            or purpose not in PORTAL_PURPOSES
+            or not 1 <= days <= 365
+            or any(t != "*" and t not in RESOURCE_TYPES for t in types)
+        ):
+            return await requests_page(request, session, 400, "request_invalid", typed)
+        if await call(ws.node.store.get, "patient", patient) is None:
+            return await requests_page(request, session, 404, "request_unknown_patient", typed)
+        await call(
+            ws.consent.request,
+            session.actor,
+            patient,
+            resource_types=types,
+            purpose=purpose,
+            days=days,
+        )
+        return redirect("/requests", "request_sent")
 
     # -- records (every role) -------------------------------------------------------------
 

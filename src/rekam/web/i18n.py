@@ -298,6 +298,29 @@ CATALOG: dict[str, dict[str, str]] = {
             "ID pseudonim ini bisa Anda berikan kepada klinik agar dokter dapat meminta akses "
             "ke data Anda."
         ),
+        "nav_requests": "Permintaan akses",
+        "requests_title": "Permintaan akses ke pasien",
+        "request_form_title": "Minta akses dari pasien",
+        "request_form_help": (
+            "Masukkan ID pseudonim pasien (p-…, terlihat di halaman akun pasien). Pasien "
+            "melihat permintaan ini dan bisa memberi atau menolaknya."
+        ),
+        "request_button": "Kirim permintaan",
+        "request_sent": "Permintaan dikirim. Pasien melihatnya di halaman izin akses.",
+        "request_invalid": "Permintaan tidak valid: periksa ID pasien, cakupan, tujuan dan lama.",
+        "request_unknown_patient": "Tidak ada pasien dengan ID ini.",
+        "my_requests_title": "Permintaan saya",
+        "my_requests_empty": "Belum ada permintaan.",
+        "rq_open": "menunggu jawaban",
+        "rq_granted": "diberikan",
+        "rq_declined": "ditolak",
+        "rq_expired": "kedaluwarsa",
+        "open_requests_title": "Permintaan akses yang menunggu jawaban Anda",
+        "requester": "Peminta",
+        "answer": "Jawaban",
+        "request_grant": "Beri izin",
+        "request_decline": "Tolak",
+        "request_declined": "Permintaan ditolak.",
     },
     "en": {
         "app": "Rekam: shared medical records",
@@ -576,6 +599,29 @@ CATALOG: dict[str, dict[str, str]] = {
             "You can give this pseudonymous id to a clinic so that a doctor can request "
             "access to your data."
         ),
+        "nav_requests": "Access requests",
+        "requests_title": "Access requests to patients",
+        "request_form_title": "Request access from a patient",
+        "request_form_help": (
+            "Enter the patient's pseudonymous id (p-…, shown on the patient's account page). "
+            "The patient sees the request and can grant or decline it."
+        ),
+        "request_button": "Send request",
+        "request_sent": "Request sent. The patient sees it on their access permissions page.",
+        "request_invalid": "Invalid request: check the patient id, scope, purpose and duration.",
+        "request_unknown_patient": "There is no patient with this id.",
+        "my_requests_title": "My requests",
+        "my_requests_empty": "No requests yet.",
+        "rq_open": "awaiting an answer",
+        "rq_granted": "granted",
+        "rq_declined": "declined",
+        "rq_expired": "expired",
+        "open_requests_title": "Access requests awaiting your answer",
+        "requester": "Requested by",
+        "answer": "Answer",
+        "request_grant": "Grant",
+        "request_decline": "Decline",
+        "request_declined": "Request declined.",
     },
 }
 
