@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 
 from rekam.service.audit import EventFilter
-from rekam.service.errors import AccessDenied
+from rekam.service.errors import AccessDenied, InvalidContentError
 from rekam.service.verify import verify_chain
 
 from .conftest import Portal, csrf_of, login
@@ -283,6 +283,11 @@ def test_reset_counts_keys_only_the_old_personal_key_held(portal: Portal) -> Non
     with pytest.raises(AccessDenied):
         other = ws.actor(portal.id_of("dokter-kenanga"), portal.password("dokter-kenanga"))
         ws.admin.reset_member_password(other, nurse)
+    ws.admin.revoke_member(admin, nurse)
+    with pytest.raises(InvalidContentError):
+        ws.admin.reset_member_password(admin, nurse)
+    with pytest.raises(InvalidContentError):
+        ws.admin.reset_member_password(admin, portal.id_of("patient-1"))
 
 
 def test_every_user_changes_their_own_password(portal: Portal) -> None:
@@ -304,6 +309,9 @@ def test_guessing_the_current_password_locks_out(portal: Portal) -> None:
     statuses = [_change(nurse, f"guess no. {i}", "whatever new pw").status_code for i in range(5)]
     assert statuses[:4] == [400] * 4 and statuses[4] == 429
     assert nurse.get("/patients").status_code == 303  # the session ended with the lock
+    # Locked under the name they log in with, from any address.
+    elsewhere = TestClient(portal.app, follow_redirects=False, client=("192.0.2.8", 50000))
+    assert login(elsewhere, "perawat-melati", portal.password("perawat-melati")).status_code == 429
 
 
 # -- clinicians request access; patients grant or decline -------------------------------------

@@ -246,6 +246,8 @@ class AdminService:
             raise NotFoundError("unknown member")
         if member == actor.id:
             raise InvalidContentError("change your own password on your account page")
+        if row["revoked"]:
+            raise InvalidContentError("a revoked member's password is not reset")
         org = self._org_of(actor)
         if org != row["org"]:
             raise AccessDenied("only an admin of the member's organisation resets a password")

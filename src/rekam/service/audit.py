@@ -169,6 +169,7 @@ class AuditService:
                     basis=row["basis"],
                     basis_ref=row["basis_ref"],
                     purpose=row["purpose"],
+                    patient=patient,
                 )
             )
         return entries

@@ -524,14 +524,14 @@ def create_portal(
         if new == old:
             return password_page(request, session, 400, "password_same")
         client = f"ip:{request.client.host if request.client else '-'}"
-        user_key = f"user:{session.actor.id}"
+        user_keys = [f"user:{n.lower()}" for n in _names_of(credentials, session.actor.id)]
         try:
             await call(ws.admin.change_password, session.actor, old, new)
         except AccessDenied:
-            # A wrong current password counts as a failed login: the form must not become
-            # a way around the lockout.
-            guard.failed(user_key, client)
-            if guard.locked(user_key, client):
+            # A wrong current password counts as a failed login (under every name the user
+            # logs in with): the form must not become a way around the lockout.
+            guard.failed(*user_keys, client)
+            if guard.locked(*user_keys, client):
                 sessions.end(session.sid)
                 response = login_page(request, 429, "login_locked")
                 response.delete_cookie(SESSION_COOKIE, path="/")
