@@ -450,7 +450,8 @@ def test_secure_cookie_over_https(portal: Portal) -> None:
 SAFE_LINK = re.compile(
     r"^#main$|^/(static/[a-z.]+|[a-z]+(/[a-z]+)*(/[pr]-[0-9a-f]{32}(/[a-z]+)?)?"
     r"|(lang/(id|en)\?next=[/%0-9A-Za-z-]*)|me/consents/c-[0-9a-f]{32}/revoke"
-    r"|admin/members/m-[0-9a-f]{32}/revoke|patients/[pr]-[0-9a-f]{32}/[a-z-]+)?$"
+    r"|admin/members/m-[0-9a-f]{32}/(revoke|reset)|patients/[pr]-[0-9a-f]{32}/[a-z-]+"
+    r"|me/requests/[0-9a-f]{64}/(grant|decline)|(admin|audit)\?([a-z]+=[a-z0-9.-]*&(amp;)?)*page=[0-9]+)?$"
 )
 
 

@@ -278,7 +278,7 @@ def member_enrol(
     data_dir: Annotated[Path, typer.Option("--data-dir", "-d")],
     who: AsOpt,
     role: Annotated[
-        str, typer.Option(help="admin, doctor, nurse, pharmacist, lab_analyst, registrar.")
+        str, typer.Option(help="admin, doctor, nurse, pharmacist, lab_analyst, registrar, auditor.")
     ],
     name: Annotated[
         str, typer.Option(help="Display name kept in this node's directory only.")

@@ -19,6 +19,9 @@ from rekam.ledger.tx import RESOURCE_TYPES, Transaction, id_kind
 CLINICAL_ROLES = frozenset({"doctor", "nurse", "pharmacist", "lab_analyst"})
 EMERGENCY_ROLES = frozenset({"doctor", "nurse"})
 REGISTRAR_ROLES = frozenset({"admin", "registrar", "doctor", "nurse"})
+# Roles that never read a record's content on any basis, a direct consent included: an
+# auditor searches access events across the network and runs verifications, nothing more.
+NO_READ_ROLES = frozenset({"auditor"})
 
 # Which resource types each role may author. Everything not listed is refused.
 ROLE_WRITES: dict[str, frozenset[str]] = {
@@ -43,6 +46,7 @@ ROLE_WRITES: dict[str, frozenset[str]] = {
 # under which a member may write new content. Research or insurance access needs a consent
 # that says so (and never writes); "own" is the patient's, "emergency" break-glass only.
 CARE_PURPOSES = frozenset({"treatment", "referral", "dispensing"})
+DAY_MS = 24 * 3600 * 1000
 
 
 class Reject(Exception):
@@ -167,6 +171,8 @@ def basis_holds(
         member = active_member(st, accessor, time)
     except Reject as rejected:
         return rejected.code
+    if member["role"] in NO_READ_ROLES:
+        return "no_basis"
     # Clinical staff see clinical content; registration staff only the Patient resource.
     role_ok = member["role"] in CLINICAL_ROLES or resource_type == "Patient"
     if basis == "author":
@@ -554,6 +560,52 @@ def consent_revoke(st: StateReader, ctx: Context, tx: Transaction) -> list[Write
     return [("consent", tx.body["consent"], consent), event]
 
 
+def consent_request(st: StateReader, ctx: Context, tx: Transaction) -> list[Write]:
+    """An active clinical member asks a patient for access; the patient sees the event.
+
+    Nothing is granted: the request is only an event row (keyed by its transaction id) that
+    the patient answers with a ``consent.grant`` or a ``consent.decline``.
+    """
+    b = tx.body
+    if id_kind(tx.signer) != "member":
+        raise Reject("not_authorised")
+    member = active_member(st, tx.signer, ctx.time)
+    if member["role"] not in CLINICAL_ROLES:
+        raise Reject("not_authorised")
+    _need(st, "patient", b["patient"], "unknown_patient")
+    if b["days"] * DAY_MS > ctx.policy["max_consent_ms"]:
+        raise Reject("bad_period")
+    return [
+        _event(tx, ctx, b["patient"], tx.signer, member["org"], purpose=b["purpose"]),
+    ]
+
+
+def consent_decline(st: StateReader, ctx: Context, tx: Transaction) -> list[Write]:
+    """The patient (or their home organisation) declines an open access request.
+
+    The request's event row gets ``allowed: false`` (closed), and the decline is an event
+    of its own.
+    """
+    request = st.get("event", tx.body["request"])
+    if request is None or request["kind"] != "consent.request":
+        raise Reject("unknown_request")
+    patient = _need(st, "patient", request["patient"], "unknown_patient")
+    if not _acts_for_patient(st, tx.signer, patient, request["patient"], ctx.time):
+        raise Reject("not_authorised")
+    if request["allowed"] is False:
+        raise Reject("request_closed")
+    closed = {**request, "allowed": False}
+    event = _event(
+        tx,
+        ctx,
+        request["patient"],
+        tx.signer,
+        _org_of(st, tx.signer),
+        purpose=request["purpose"],
+    )
+    return [("event", tx.body["request"], closed), event]
+
+
 def access_read(st: StateReader, ctx: Context, tx: Transaction) -> list[Write]:
     """An access to a record version, allowed or denied, with its basis: the audit trail."""
     b = tx.body
@@ -706,6 +758,8 @@ RULES: dict[str, Rule] = {
     "record.erase": record_erase,
     "consent.grant": consent_grant,
     "consent.revoke": consent_revoke,
+    "consent.request": consent_request,
+    "consent.decline": consent_decline,
     "access.read": access_read,
     "emergency.open": emergency_open,
     "prescription.dispense": prescription_dispense,
@@ -726,6 +780,8 @@ _ROW_FIELDS: dict[str, tuple[tuple[str, str | None], ...]] = {
     "record.erase": (("record", "record"),),
     "consent.grant": (("consent", "consent"), ("patient", "patient"), ("grantee", None)),
     "consent.revoke": (("consent", "consent"),),
+    "consent.request": (("patient", "patient"),),
+    "consent.decline": (("request", "event"),),
     "access.read": (
         ("patient", "patient"),
         ("record", "record"),

@@ -41,7 +41,7 @@ _ID_PREFIX = {"m": "member", "p": "patient", "r": "record", "c": "consent", "e":
 _ID_BODY = re.compile(r"[0-9a-f]{32}")
 
 ORG_KINDS = ("clinic", "hospital", "lab", "pharmacy")
-ROLES = ("admin", "doctor", "nurse", "pharmacist", "lab_analyst", "registrar")
+ROLES = ("admin", "doctor", "nurse", "pharmacist", "lab_analyst", "registrar", "auditor")
 RESOURCE_TYPES = (
     "AllergyIntolerance",
     "Condition",
@@ -213,6 +213,15 @@ BODY_SCHEMAS: dict[str, dict[str, Check]] = {
         "end": _int(),
     },
     "consent.revoke": {"consent": _ident("consent")},
+    # A clinician asks the patient for access: the grantee is the signer; no free text.
+    "consent.request": {
+        "patient": _PATIENT,
+        "resource_types": _types_list,
+        "purpose": _enum(CONSENT_PURPOSES),
+        "days": _int(1),
+    },
+    # The patient (or their home organisation) declines a request, named by its tx id.
+    "consent.decline": {"request": _hex64},
     "access.read": {
         "patient": _PATIENT,
         "record": _RECORD,

@@ -1,9 +1,15 @@
-"""Consent and emergency access: grants, revocations, break-glass, and key sharing.
+"""Consent and emergency access: grants, revocations, break-glass, access requests, and key
+sharing.
 
 A grant is a transaction signed by the patient or by their home organisation. Once it
 commits, the node that holds the patient's home organisation key (the custodian) wraps the
 content keys of the records in scope for the grantee; a revocation deletes the grantee's
 wrapped keys. Revocation stops future reads; it cannot take back what was already read.
+
+A clinician asks for access with a ``consent.request`` (scope, purpose and duration as codes;
+an event the patient sees). The patient answers with a normal ``consent.grant`` of exactly
+the requested scope, or a ``consent.decline``; an unanswered request lapses after
+:data:`REQUEST_OPEN_DAYS` days.
 """
 
 from __future__ import annotations
@@ -15,9 +21,16 @@ from typing import TYPE_CHECKING, Any
 from rekam.crypto import DecryptionError, wrap_key
 from rekam.encoding import b64d
 from rekam.ledger.block import Block
-from rekam.ledger.tx import EMERGENCY_REASONS, RESOURCE_TYPES, id_kind, new_id
+from rekam.ledger.tx import (
+    CONSENT_PURPOSES,
+    EMERGENCY_REASONS,
+    RESOURCE_TYPES,
+    Transaction,
+    id_kind,
+    new_id,
+)
 from rekam.ledger.validate import BlockResult, TxResult
-from rekam.service.errors import NotFoundError
+from rekam.service.errors import AccessDenied, InvalidContentError, NotFoundError
 from rekam.service.ports import ChainStore
 from rekam.service.records import DEK_INFO, binding, require
 
@@ -25,6 +38,35 @@ if TYPE_CHECKING:
     from rekam.service.workspace import Actor, Workspace
 
 DAY_MS = 24 * 3600 * 1000
+# How long a clinician's request waits for an answer before it lapses (a node-side reading
+# of the chain: the ledger keeps every request; this only decides what is listed as open).
+REQUEST_OPEN_DAYS = 14
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    """A clinician's request for access to a patient's data, and where it stands."""
+
+    tx_id: str
+    time: int
+    patient: str
+    requester: str
+    requester_org: str | None
+    resource_types: list[str]
+    purpose: str
+    days: int
+    status: str  # open, granted, declined or expired
+    consent: str | None  # the grant that answered it
+
+    @property
+    def open(self) -> bool:
+        """Still waiting for the patient's answer."""
+        return self.status == "open"
+
+    @property
+    def expires(self) -> int:
+        """When an unanswered request stops being listed as open (ms)."""
+        return self.time + REQUEST_OPEN_DAYS * DAY_MS
 
 
 @dataclass(frozen=True)
@@ -109,6 +151,113 @@ class ConsentService:
             for key, row in self._store.query("consent", {"patient": patient}, order_by="start")
             if not row["revoked"] and row["start"] <= now < row["end"]
         ]
+
+    # -- access requests ----------------------------------------------------------------
+
+    def request(
+        self,
+        member: Actor,
+        patient: str,
+        *,
+        resource_types: Sequence[str] = ("*",),
+        purpose: str = "treatment",
+        days: int = 30,
+    ) -> TxResult:
+        """A clinical member asks a patient for access; the ledger checks who may ask."""
+        if id_kind(patient) != "patient" or self._store.get("patient", patient) is None:
+            raise NotFoundError("unknown patient")
+        types = ["*"] if "*" in resource_types else sorted(set(resource_types))
+        if not types or any(t != "*" and t not in RESOURCE_TYPES for t in types):
+            raise InvalidContentError("resource types must be * or known FHIR resource types")
+        if purpose not in CONSENT_PURPOSES:
+            raise InvalidContentError(f"purpose must be one of {', '.join(CONSENT_PURPOSES)}")
+        if not 1 <= days <= 365:
+            raise InvalidContentError("the requested duration is 1 to 365 days")
+        body = {"patient": patient, "resource_types": types, "purpose": purpose, "days": days}
+        return self.ws.submit(member, "consent.request", body)
+
+    def _request_of(self, tx_id: str, row: dict[str, Any], now: int) -> AccessRequest:
+        stored = self._store.get_tx(tx_id)
+        if stored is None:
+            raise NotFoundError("unknown request")
+        body = Transaction.decode(stored.raw).body
+        types = list(body["resource_types"])
+        consent = None
+        if row["allowed"] is False:
+            status = "declined"
+        else:
+            consent = self._answer(row, types, str(body["purpose"]))
+            if consent is not None:
+                status = "granted"
+            elif now >= row["time"] + REQUEST_OPEN_DAYS * DAY_MS:
+                status = "expired"
+            else:
+                status = "open"
+        return AccessRequest(
+            tx_id=tx_id,
+            time=row["time"],
+            patient=row["patient"],
+            requester=row["actor"],
+            requester_org=row["actor_org"],
+            resource_types=types,
+            purpose=str(body["purpose"]),
+            days=int(body["days"]),
+            status=status,
+            consent=consent,
+        )
+
+    def _answer(self, request: dict[str, Any], types: list[str], purpose: str) -> str | None:
+        """A grant made after the request to the requester, for its purpose, covering its
+        scope: the request is answered (whether or not it was granted from the request)."""
+        for key, consent in self._store.query(
+            "consent", {"patient": request["patient"], "grantee": request["actor"]}
+        ):
+            covers = consent["resource_types"] == ["*"] or (
+                types != ["*"] and set(types) <= set(consent["resource_types"])
+            )
+            if consent["purpose"] == purpose and covers and consent["start"] >= request["time"]:
+                return key
+        return None
+
+    def requests_for_patient(self, patient: str) -> list[AccessRequest]:
+        """Every request made to a patient, newest first."""
+        now = self.ws.node.clock()
+        rows = self._store.query("event", {"patient": patient, "kind": "consent.request"})
+        found = [self._request_of(tx_id, row, now) for tx_id, row in rows]
+        return sorted(found, key=lambda r: (r.time, r.tx_id), reverse=True)
+
+    def requests_by(self, member: str) -> list[AccessRequest]:
+        """Every request a member made, newest first."""
+        now = self.ws.node.clock()
+        rows = self._store.query("event", {"actor": member, "kind": "consent.request"})
+        found = [self._request_of(tx_id, row, now) for tx_id, row in rows]
+        return sorted(found, key=lambda r: (r.time, r.tx_id), reverse=True)
+
+    def _open_request(self, patient: str, request: str) -> AccessRequest:
+        row = self._store.get("event", request)
+        if row is None or row["kind"] != "consent.request" or row["patient"] != patient:
+            raise NotFoundError("unknown request")
+        found = self._request_of(request, dict(row), self.ws.node.clock())
+        if not found.open:
+            raise AccessDenied(f"the request is {found.status} already")
+        return found
+
+    def grant_request(self, actor: Actor, patient: str, request: str) -> Grant:
+        """Answer a request with a consent of exactly the requested scope, purpose and days."""
+        found = self._open_request(patient, request)
+        return self.grant(
+            actor,
+            patient,
+            found.requester,
+            resource_types=found.resource_types,
+            purpose=found.purpose,
+            days=found.days,
+        )
+
+    def decline_request(self, actor: Actor, patient: str, request: str) -> TxResult:
+        """Decline a request: a ``consent.decline`` on the chain closes it."""
+        self._open_request(patient, request)
+        return self.ws.submit(actor, "consent.decline", {"request": request})
 
     # -- key sharing after commit ---------------------------------------------------------
 

@@ -43,6 +43,7 @@ STAFF = (
     ("dokter-kenanga", "klinik-kenanga", "doctor", "dr. Budi Fiktif"),
     ("analis-prima", "lab-prima", "lab_analyst", "Dewi Contoh (analis)"),
     ("apoteker-sentosa", "apotek-sentosa", "pharmacist", "apt. Joko Fiktif"),
+    ("auditor-melati", "klinik-melati", "auditor", "Tono Contoh (auditor)"),
 )
 
 Step = Callable[[str], None]

@@ -591,24 +591,9 @@ class PortalActions:
         return result
 
 
-@dataclass(frozen=True)
-class OrgEvent:
-    """One ledger event made by a member of an organisation (no clinical content)."""
-
-    tx_id: str
-    time: int
-    kind: str
-    actor: str
-    patient: str
-    resource_type: str | None
-    allowed: bool | None
-    basis: str | None
-    purpose: str | None
-
-
 class OrgAdminQueries:
-    """What an organisation's admin may see: its members, node status and its members'
-    access events (pseudonymous ids and codes only, never content)."""
+    """What an organisation's admin may see: its members and node status (the members'
+    access events come from :meth:`AuditService.search`, shared with the auditor)."""
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
@@ -628,31 +613,6 @@ class OrgAdminQueries:
             "checkpoint": int(latest.body["height"]) if latest else None,
             "orgs": len(store.query("org", {"active": True})),
         }
-
-    def events(self, org: str, kind: str | None = None, limit: int = 200) -> list[OrgEvent]:
-        """The newest events made by the organisation's members (or itself), newest first."""
-        store = self.ws.node.store
-        where: dict[str, Any] = {"actor_org": org}
-        if kind:
-            where["kind"] = kind
-        rows = store.query("event", where, order_by="time")
-        out = []
-        for tx_id, row in reversed(rows[-limit:]):
-            record = store.get("record", row["record"]) if row["record"] else None
-            out.append(
-                OrgEvent(
-                    tx_id=tx_id,
-                    time=row["time"],
-                    kind=row["kind"],
-                    actor=row["actor"],
-                    patient=row["patient"],
-                    resource_type=record["resource_type"] if record else None,
-                    allowed=row["allowed"],
-                    basis=row["basis"],
-                    purpose=row["purpose"],
-                )
-            )
-        return out
 
 
 def export_bundle(ws: Workspace, patient: Actor) -> dict[str, Any]:

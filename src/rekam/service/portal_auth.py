@@ -1,4 +1,5 @@
-"""Optional TOTP second factor (RFC 6238) for the web portal.
+"""Portal account state kept on the node: the optional TOTP second factor (RFC 6238) and
+the password-reset flags.
 
 Each secret is kept in a node-local file, wrapped with HPKE to the principal's own
 encryption key: the node can check a code only after the password has unlocked the
@@ -14,7 +15,7 @@ import os
 import secrets
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyotp
 
@@ -38,6 +39,15 @@ def provisioning_uri(secret: str, account: str) -> str:
     return pyotp.TOTP(secret).provisioning_uri(name=account, issuer_name=ISSUER)
 
 
+def _write_private(path: Path, data: object) -> None:
+    """Replace a JSON file atomically, readable by the owner only."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
 def _info(principal: str) -> bytes:
     return b"rekam portal totp v1|" + principal.encode("ascii")
 
@@ -58,11 +68,7 @@ class TotpStore:
         return data
 
     def _write(self, data: dict[str, str]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        _write_private(self.path, data)
 
     def enabled(self, principal: str) -> bool:
         """Whether this principal has a second factor."""
@@ -121,3 +127,58 @@ class TotpStore:
             data.pop(actor.id, None)
             self._write(data)
             return True
+
+    def remove(self, principal: str) -> bool:
+        """Drop a principal's factor without a code: after an admin reset their keys, the
+        wrapped secret can no longer be opened, so they enrol their app again."""
+        with self._lock:
+            data = self._read()
+            if data.pop(principal, None) is None:
+                return False
+            self._write(data)
+            self._last_step.pop(principal, None)
+            return True
+
+
+class PasswordResets:
+    """Admin password resets, in ``DIR/portal-resets.json`` (owner-only).
+
+    Holds who must choose a new password at their next login, and, per organisation, the
+    ids of the ``key.rotate`` transactions of its resets: the chain holds each reset, this
+    index only finds them without scanning every block. Never a password.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "portal-resets.json"
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        if not self.path.is_file():
+            return {"pending": {}, "by_org": {}}
+        data: dict[str, dict[str, Any]] = json.loads(self.path.read_text("utf-8"))
+        return data
+
+    def record(self, member: str, org: str, tx_id: str) -> None:
+        """Note a reset: the member must change the one-time password at the next login."""
+        with self._lock:
+            data = self._read()
+            data["pending"][member] = tx_id
+            data["by_org"].setdefault(org, []).append(tx_id)
+            _write_private(self.path, data)
+
+    def must_change(self, principal: str) -> bool:
+        """Whether the principal still logs in with a one-time password from a reset."""
+        with self._lock:
+            return principal in self._read()["pending"]
+
+    def changed(self, principal: str) -> None:
+        """The principal chose their own password: the flag is cleared."""
+        with self._lock:
+            data = self._read()
+            if data["pending"].pop(principal, None) is not None:
+                _write_private(self.path, data)
+
+    def for_org(self, org: str) -> list[str]:
+        """The reset transactions made for an organisation's members, oldest first."""
+        with self._lock:
+            return list(self._read()["by_org"].get(org, []))

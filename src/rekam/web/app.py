@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -38,8 +39,11 @@ from rekam.crypto import CryptoError
 from rekam.ledger.tx import EMERGENCY_REASONS, RESOURCE_TYPES, ROLES, id_kind
 from rekam.records import synthetic
 from rekam.service import icd10
+from rekam.service.admin import MIN_PASSWORD
+from rekam.service.audit import EVENT_KINDS, EventFilter
 from rekam.service.datadir import DataDirError
 from rekam.service.errors import (
+    AccessDenied,
     ServiceError,
 )
 from rekam.service.icd10 import Icd10Code
@@ -55,7 +59,7 @@ from rekam.service.portal import (
     common_diagnoses,
     export_bundle,
 )
-from rekam.service.portal_auth import TotpStore, new_secret, provisioning_uri
+from rekam.service.portal_auth import PasswordResets, TotpStore, new_secret, provisioning_uri
 from rekam.service.verify import verify_chain
 from rekam.service.workspace import Workspace
 from rekam.web import chart, i18n
@@ -86,17 +90,17 @@ FLASH_KEYS = (
     "totp_enabled",
     "totp_disabled",
     "erased_ok",
+    "password_changed",
+    "password_must_change",
+    "request_sent",
+    "request_declined",
 )
-EVENT_KINDS = (
-    "access.read",
-    "record.write",
-    "emergency.open",
-    "prescription.dispense",
-    "consent.grant",
-    "consent.revoke",
-)
-# Enough for a pass phrase an admin hands over; the keystore's Argon2id does the stretching.
-MIN_PASSWORD = 12
+# Who may ask a patient for access (the ledger's clinical roles).
+REQUESTER_ROLES = ("doctor", "nurse", "lab_analyst", "pharmacist")
+PORTAL_PURPOSES = ("treatment", "dispensing", "referral")
+DAY_MS = 24 * 3600 * 1000
+# Pages a session with a reset's one-time password may still use.
+_WHILE_MUST_CHANGE = ("/account/password", "/logout")
 
 
 class ServiceLock(Protocol):
@@ -137,6 +141,10 @@ class LoginRequired(Exception):
     def __init__(self, expired: bool) -> None:
         super().__init__("login required")
         self.expired = expired
+
+
+class PasswordChangeRequired(Exception):
+    """The session logged in with a reset's one-time password: choose a new one first."""
 
 
 # The message shown for each status a service error maps to.
@@ -219,6 +227,7 @@ def create_portal(
     actions = PortalActions(ws)
     admin = OrgAdminQueries(ws)
     totp = TotpStore(ws.datadir.root)
+    resets = PasswordResets(ws.datadir.root)
     wall = config.wall_clock or time.time
     credentials = dict(config.credentials) or _load_credentials(ws.datadir.root)
     env = jinja2.Environment(
@@ -300,6 +309,8 @@ def create_portal(
         session, expired = sessions.get(request.cookies.get(SESSION_COOKIE))
         if session is None:
             raise LoginRequired(expired)
+        if session.must_change and request.url.path not in _WHILE_MUST_CHANGE:
+            raise PasswordChangeRequired()
         if roles and session.role not in roles:
             raise PortalError(403, "forbidden")
         return session
@@ -321,6 +332,8 @@ def create_portal(
             return "/pharmacy"
         if session.role == "admin":
             return "/admin"
+        if session.role == "auditor":
+            return "/audit"
         if session.role == "lab_analyst":
             return "/lab"
         return "/patients"
@@ -335,6 +348,10 @@ def create_portal(
         response = redirect("/login", "expired" if exc.expired else None)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
+
+    @app.exception_handler(PasswordChangeRequired)
+    async def _must_change(_request: Request, _exc: PasswordChangeRequired) -> Response:
+        return redirect("/account/password", "password_must_change")
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
@@ -406,7 +423,12 @@ def create_portal(
             return login_page(request, 401, "login_failed")
         guard.succeeded(user_key)
         session = sessions.create(actor, role, queries.member_org(actor), name or principal)
-        response = redirect(home_of(session))
+        session.must_change = await call(resets.must_change, actor.id)
+        response = (
+            redirect("/account/password", "password_must_change")
+            if session.must_change
+            else redirect(home_of(session))
+        )
         response.set_cookie(
             SESSION_COOKIE,
             session.sid,
@@ -484,6 +506,46 @@ def create_portal(
             return await account_page(request, session, 400, "totp_wrong")
         return redirect("/account", "totp_disabled")
 
+    # -- account: change one's own password (re-encrypts the keystore) ------------------
+
+    def password_page(
+        request: Request, session: WebSession, status: int = 200, error: str | None = None
+    ) -> Response:
+        return render(request, "password.html", session, status, error=error)
+
+    @app.get("/account/password")
+    async def password_form(request: Request) -> Response:
+        return password_page(request, current(request))
+
+    @app.post("/account/password")
+    async def password_change(request: Request) -> Response:
+        session = current(request)
+        form = await form_of(request, session)
+        old = str(form.get("old") or "")[:1000]
+        new = str(form.get("new") or "")[:1000]
+        if new != str(form.get("confirm") or "")[:1000]:
+            return password_page(request, session, 400, "password_mismatch")
+        if len(new) < MIN_PASSWORD:
+            return password_page(request, session, 400, "password_short")
+        if new == old:
+            return password_page(request, session, 400, "password_same")
+        client = f"ip:{request.client.host if request.client else '-'}"
+        user_keys = [f"user:{n.lower()}" for n in _names_of(credentials, session.actor.id)]
+        try:
+            await call(ws.admin.change_password, session.actor, old, new)
+        except AccessDenied:
+            # A wrong current password counts as a failed login (under every name the user
+            # logs in with): the form must not become a way around the lockout.
+            guard.failed(*user_keys, client)
+            if guard.locked(*user_keys, client):
+                sessions.end(session.sid)
+                response = login_page(request, 429, "login_locked")
+                response.delete_cookie(SESSION_COOKIE, path="/")
+                return response
+            return password_page(request, session, 400, "password_wrong")
+        session.must_change = False
+        return redirect(home_of(session), "password_changed")
+
     # -- patient --------------------------------------------------------------------------
 
     @app.get("/me")
@@ -540,11 +602,13 @@ def create_portal(
         session = current(request, "patient")
         rows = await call(ws.consent.active_for_patient, session.actor.id)
         grantees = await call(_grantees, ws)
+        asked = await call(ws.consent.requests_for_patient, session.actor.id)
         return render(
             request,
             "consents.html",
             session,
             consents=rows,
+            requests=[r for r in asked if r.open],
             grantees=grantees,
             resource_types=RESOURCE_TYPES,
             purposes=("treatment", "dispensing", "referral"),
@@ -587,6 +651,83 @@ def create_portal(
             raise PortalError(404, "not_found")
         await call(ws.consent.revoke, session.actor, consent)
         return redirect("/me/consents", "revoked")
+
+    @app.post("/me/requests/{access_request}/grant")
+    async def grant_request(request: Request, access_request: str) -> Response:
+        session = current(request, "patient")
+        await form_of(request, session)
+        await call(ws.consent.grant_request, session.actor, session.actor.id, access_request[:80])
+        return redirect("/me/consents", "granted")
+
+    @app.post("/me/requests/{access_request}/decline")
+    async def decline_request(request: Request, access_request: str) -> Response:
+        session = current(request, "patient")
+        await form_of(request, session)
+        await call(ws.consent.decline_request, session.actor, session.actor.id, access_request[:80])
+        return redirect("/me/consents", "request_declined")
+
+    # -- clinicians: requesting access from a patient ------------------------------------
+
+    async def requests_page(
+        request: Request,
+        session: WebSession,
+        status: int = 200,
+        error: str | None = None,
+        typed: Mapping[str, Any] | None = None,
+    ) -> Response:
+        # A refused form comes back with what was entered (ids and codes only).
+        typed = typed or {}
+        wanted = str(typed.get("patient") or request.query_params.get("patient") or "")
+        wanted = wanted.strip()[:40]
+        return render(
+            request,
+            "requests.html",
+            session,
+            status,
+            requests=await call(ws.consent.requests_by, session.actor.id),
+            patient=wanted if id_kind(wanted) == "patient" or error else "",
+            chosen=list(typed.get("types") or []),
+            purpose=str(typed.get("purpose") or "treatment"),
+            days=str(typed.get("days") or "30")[:6],
+            resource_types=RESOURCE_TYPES,
+            purposes=PORTAL_PURPOSES,
+            error=error,
+        )
+
+    @app.get("/requests")
+    async def access_requests(request: Request) -> Response:
+        return await requests_page(request, current(request, *REQUESTER_ROLES))
+
+    @app.post("/requests")
+    async def request_access(request: Request) -> Response:
+        session = current(request, *REQUESTER_ROLES)
+        form = await form_of(request, session)
+        patient = str(form.get("patient") or "").strip()[:80]
+        types = [str(v) for v in form.getlist("resource_type")] or ["*"]
+        purpose = str(form.get("purpose") or "")
+        typed = {"patient": patient, "types": types, "purpose": purpose, "days": form.get("days")}
+        try:
+            days = int(str(form.get("days") or ""))
+        except ValueError:
+            return await requests_page(request, session, 400, "request_invalid", typed)
+        if (
+            id_kind(patient) != "patient"
+            or purpose not in PORTAL_PURPOSES
+            or not 1 <= days <= 365
+            or any(t != "*" and t not in RESOURCE_TYPES for t in types)
+        ):
+            return await requests_page(request, session, 400, "request_invalid", typed)
+        if await call(ws.node.store.get, "patient", patient) is None:
+            return await requests_page(request, session, 404, "request_unknown_patient", typed)
+        await call(
+            ws.consent.request,
+            session.actor,
+            patient,
+            resource_types=types,
+            purpose=purpose,
+            days=days,
+        )
+        return redirect("/requests", "request_sent")
 
     # -- records (every role) -------------------------------------------------------------
 
@@ -846,6 +987,10 @@ def create_portal(
 
     # -- organisation admin ---------------------------------------------------------------
 
+    def event_page(request: Request) -> int:
+        raw = request.query_params.get("page") or "1"
+        return int(raw) if raw.isdigit() and 0 < len(raw) < 7 else 1
+
     async def admin_page(
         request: Request, session: WebSession, status: int = 200, **extra: Any
     ) -> Response:
@@ -853,6 +998,7 @@ def create_portal(
         kind = request.query_params.get("kind") or None
         if kind is not None and kind not in EVENT_KINDS:
             kind = None
+        events = await call(ws.audit.search, EventFilter(org=org, kind=kind), event_page(request))
         return render(
             request,
             "admin.html",
@@ -860,11 +1006,14 @@ def create_portal(
             status,
             members=await call(admin.members, org),
             node=await call(admin.status),
-            events=await call(admin.events, org, kind),
+            events=events.entries,
+            paging=events,
+            filters={"kind": kind or ""},
             kind=kind,
             kinds=EVENT_KINDS,
             roles=tuple(r for r in ROLES if r != "admin"),
-            **{"report": None, "error": None, **extra},
+            resets=await call(ws.admin.resets_for_org, org),
+            **{"report": None, "error": None, "reset": None, **extra},
         )
 
     @app.get("/admin")
@@ -895,12 +1044,81 @@ def create_portal(
         await call(ws.admin.revoke_member, session.actor, member)
         return redirect("/admin", "member_revoked")
 
+    @app.post("/admin/members/{member}/reset")
+    async def reset_password(request: Request, member: str) -> Response:
+        session = current(request, "admin")
+        await form_of(request, session)
+        row = await call(ws.node.store.get, "member", member[:80])
+        if row is None or row["org"] != session.org or member == session.actor.id:
+            raise PortalError(403, "forbidden")
+        reset = await call(ws.admin.reset_member_password, session.actor, member)
+        # The member's open sessions still hold the old keys: they end now. Their failed
+        # logins are forgotten under every name they log in with.
+        sessions.end_principal(member)
+        guard.clear(*(f"user:{name.lower()}" for name in _names_of(credentials, member)))
+        # Shown once, in this response only (no redirect: a URL would keep it); never logged.
+        return await admin_page(request, session, reset=reset)
+
     @app.post("/admin/verify")
     async def verify(request: Request) -> Response:
         session = current(request, "admin")
         await form_of(request, session)
         report = await call_alone(verify_chain, ws.node.store, ws.genesis, ws.node.blobs)
         return await admin_page(request, session, report=report)
+
+    # -- auditor: verification and the network-wide access-event search --------------------
+
+    def audit_filter(request: Request) -> EventFilter:
+        params = request.query_params
+        kind = params.get("kind") or None
+        org = params.get("org") or None
+        patient = (params.get("patient") or "").strip() or None
+        since = _day_start(params.get("from") or "")
+        until = _day_start(params.get("to") or "")
+        if until is not None:
+            until += DAY_MS  # the "to" day is included
+        where = EventFilter(org=org, kind=kind, patient=patient, since=since, until=until)
+        if (params.get("from") and since is None) or (params.get("to") and until is None):
+            raise ValueError("bad date")
+        where.check()
+        return where
+
+    async def audit_page(
+        request: Request, session: WebSession, status: int = 200, **extra: Any
+    ) -> Response:
+        params = request.query_params
+        error = None
+        try:
+            where = audit_filter(request)
+        except (ValueError, ServiceError):
+            # Bad filter values: say so and show the unfiltered list, keeping what was typed.
+            where, error, status = EventFilter(), "filter_invalid", 400
+        events = await call(ws.audit.search, where, event_page(request))
+        return render(
+            request,
+            "audit.html",
+            session,
+            status,
+            node=await call(admin.status),
+            events=events.entries,
+            paging=events,
+            filters={k: params.get(k, "")[:80] for k in ("kind", "org", "patient", "from", "to")},
+            kinds=EVENT_KINDS,
+            orgs=await call(_orgs, ws),
+            **{"report": None, "error": error, **extra},
+        )
+
+    @app.get("/audit")
+    async def audit_home(request: Request) -> Response:
+        return await audit_page(request, current(request, "auditor"))
+
+    @app.post("/audit/verify")
+    async def audit_verify(request: Request) -> Response:
+        session = current(request, "auditor")
+        await form_of(request, session)
+        # Exactly the admin page's check, run alone so no write interleaves.
+        report = await call_alone(verify_chain, ws.node.store, ws.genesis, ws.node.blobs)
+        return await audit_page(request, session, report=report)
 
     return app
 
@@ -922,6 +1140,24 @@ def _labs(ws: Workspace) -> list[tuple[str, str]]:
     return sorted((key, labels.get(key, key)) for key, row in rows if row["kind"] == "lab")
 
 
+def _orgs(ws: Workspace) -> list[tuple[str, str]]:
+    """Every organisation on the chain with its display label, for the auditor's filter."""
+    labels = ws.datadir.labels()
+    return sorted(
+        ((key, labels.get(key, key)) for key, _ in ws.node.store.state_rows("org")),
+        key=lambda item: item[1],
+    )
+
+
+def _day_start(text: str) -> int | None:
+    """Midnight in Jakarta (WIB) of a YYYY-MM-DD date, in ms; None when not such a date."""
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return int(datetime(day.year, day.month, day.day, tzinfo=i18n.WIB).timestamp() * 1000)
+
+
 def _load_credentials(root: Path) -> dict[str, Any]:
     """The demo folder's credentials file, if any (for log in by demo name)."""
     path = root / "demo-credentials.json"
@@ -929,6 +1165,16 @@ def _load_credentials(root: Path) -> dict[str, Any]:
         return {}
     data: dict[str, Any] = json.loads(path.read_text("utf-8"))
     return data
+
+
+def _names_of(credentials: Mapping[str, Any], principal: str) -> list[str]:
+    """Every user name a principal can log in with: its id and its demo names."""
+    names = [principal]
+    names += [k for k, v in credentials.get("members", {}).items() if v.get("id") == principal]
+    for n, entry in enumerate(credentials.get("patients", []), start=1):
+        if entry.get("id") == principal:
+            names.append(f"patient-{n}")
+    return names
 
 
 def _resolve(credentials: Mapping[str, Any], username: str) -> tuple[str, str]:

@@ -253,6 +253,96 @@ CATALOG: dict[str, dict[str, str]] = {
         "icd_short": "Masukkan 2 sampai 100 karakter.",
         "icd_common": "Diagnosis umum",
         "icd_invalid": "Kode ICD-10 tidak dikenal atau tidak dapat dipakai untuk diagnosis.",
+        # auditor, password reset, access requests
+        "nav_audit": "Audit",
+        "audit_title": "Audit jaringan",
+        "audit_intro": (
+            "Kejadian akses semua organisasi di jaringan: ID pasien pseudonim dan kode saja, "
+            "tanpa isi rekam medis."
+        ),
+        "audit_events_title": "Cari kejadian akses",
+        "all_orgs": "Semua organisasi",
+        "period_from": "Dari tanggal",
+        "period_to": "Sampai tanggal",
+        "filter_invalid": (
+            "Saringan tidak valid (ID organisasi, ID pasien p-…, jenis kejadian atau "
+            "tanggal). Daftar ditampilkan tanpa saringan."
+        ),
+        "the_patient": "pasien sendiri",
+        "outcome": "Hasil / dasar",
+        "outcome_denied": "ditolak",
+        "basis_own": "pasien sendiri",
+        "basis_author": "penulis",
+        "basis_organisation": "organisasi",
+        "basis_consent": "izin",
+        "basis_emergency": "darurat",
+        "basis_none": "tanpa dasar",
+        "no_events": "Tidak ada kejadian.",
+        "pages": "Halaman",
+        "page_of": "Halaman {page} dari {pages} ({total} kejadian)",
+        "page_prev": "Sebelumnya",
+        "page_next": "Berikutnya",
+        "ev_key.rotate": "mengganti kunci",
+        "ev_consent.request": "meminta akses",
+        "ev_consent.decline": "menolak permintaan",
+        "password_title": "Ganti kata sandi",
+        "password_link": "Ganti kata sandi Anda",
+        "password_old": "Kata sandi saat ini",
+        "password_old_otp": "Kata sandi sekali pakai dari admin",
+        "password_new": "Kata sandi baru (min. 12 karakter)",
+        "password_confirm": "Ulangi kata sandi baru",
+        "password_button": "Simpan kata sandi",
+        "password_changed": "Kata sandi diganti.",
+        "password_must_change": "Pilih kata sandi baru sebelum melanjutkan.",
+        "password_must_change_help": (
+            "Kata sandi Anda direset oleh admin. Masukkan kata sandi sekali pakai yang Anda "
+            "terima, lalu pilih kata sandi baru."
+        ),
+        "password_mismatch": "Kedua kata sandi baru tidak sama.",
+        "password_same": "Kata sandi baru harus berbeda dari yang lama.",
+        "password_wrong": "Kata sandi saat ini salah.",
+        "reset_password": "Reset kata sandi",
+        "reset_done_title": "Kata sandi {name} direset",
+        "reset_done_help": (
+            "Serahkan kata sandi sekali pakai ini langsung kepada anggota. Kata sandi ini hanya "
+            "ditampilkan sekarang dan tidak disimpan. Anggota harus memilih kata sandi baru "
+            "saat masuk."
+        ),
+        "reset_keys": (
+            "Kunci diganti di rantai. Kunci konten dibungkus ulang: {rewrapped}; hilang (hanya "
+            "untuk kunci pribadi lama): {lost}."
+        ),
+        "resets_title": "Reset kata sandi",
+        "resets_empty": "Belum ada reset.",
+        "reset_by": "Oleh",
+        "my_id_title": "ID pasien Anda",
+        "my_id_help": (
+            "ID pseudonim ini bisa Anda berikan kepada klinik agar dokter dapat meminta akses "
+            "ke data Anda."
+        ),
+        "nav_requests": "Permintaan akses",
+        "requests_title": "Permintaan akses ke pasien",
+        "request_form_title": "Minta akses dari pasien",
+        "request_form_help": (
+            "Masukkan ID pseudonim pasien (p-…, terlihat di halaman akun pasien). Pasien "
+            "melihat permintaan ini dan bisa memberi atau menolaknya."
+        ),
+        "request_button": "Kirim permintaan",
+        "request_sent": "Permintaan dikirim. Pasien melihatnya di halaman izin akses.",
+        "request_invalid": "Permintaan tidak valid: periksa ID pasien, cakupan, tujuan dan lama.",
+        "request_unknown_patient": "Tidak ada pasien dengan ID ini.",
+        "my_requests_title": "Permintaan saya",
+        "my_requests_empty": "Belum ada permintaan.",
+        "rq_open": "menunggu jawaban",
+        "rq_granted": "diberikan",
+        "rq_declined": "ditolak",
+        "rq_expired": "kedaluwarsa",
+        "open_requests_title": "Permintaan akses yang menunggu jawaban Anda",
+        "requester": "Peminta",
+        "answer": "Jawaban",
+        "request_grant": "Beri izin",
+        "request_decline": "Tolak",
+        "request_declined": "Permintaan ditolak.",
     },
     "en": {
         "app": "Rekam: shared medical records",
@@ -486,6 +576,95 @@ CATALOG: dict[str, dict[str, str]] = {
         "icd_short": "Enter 2 to 100 characters.",
         "icd_common": "Common diagnoses",
         "icd_invalid": "Unknown ICD-10 code, or one that cannot be used for a diagnosis.",
+        # auditor, password reset, access requests
+        "nav_audit": "Audit",
+        "audit_title": "Network audit",
+        "audit_intro": (
+            "Access events of every organisation in the network: pseudonymous patient ids and "
+            "codes only, never record content."
+        ),
+        "audit_events_title": "Search access events",
+        "all_orgs": "All organisations",
+        "period_from": "From date",
+        "period_to": "To date",
+        "filter_invalid": (
+            "Invalid filter (organisation id, patient id p-…, event kind or date). The list "
+            "is shown unfiltered."
+        ),
+        "the_patient": "the patient",
+        "outcome": "Outcome / basis",
+        "outcome_denied": "denied",
+        "basis_own": "own",
+        "basis_author": "author",
+        "basis_organisation": "organisation",
+        "basis_consent": "consent",
+        "basis_emergency": "emergency",
+        "basis_none": "no basis",
+        "no_events": "No events.",
+        "pages": "Pages",
+        "page_of": "Page {page} of {pages} ({total} events)",
+        "page_prev": "Previous",
+        "page_next": "Next",
+        "ev_key.rotate": "replaced keys",
+        "ev_consent.request": "requested access",
+        "ev_consent.decline": "declined a request",
+        "password_title": "Change password",
+        "password_link": "Change your password",
+        "password_old": "Current password",
+        "password_old_otp": "One-time password from your admin",
+        "password_new": "New password (at least 12 characters)",
+        "password_confirm": "Repeat the new password",
+        "password_button": "Save password",
+        "password_changed": "Password changed.",
+        "password_must_change": "Choose a new password before you go on.",
+        "password_must_change_help": (
+            "Your password was reset by your admin. Enter the one-time password you were "
+            "given, then choose a new password."
+        ),
+        "password_mismatch": "The two new passwords differ.",
+        "password_same": "The new password must differ from the old one.",
+        "password_wrong": "The current password is wrong.",
+        "reset_password": "Reset password",
+        "reset_done_title": "Password of {name} reset",
+        "reset_done_help": (
+            "Hand this one-time password to the member in person. It is shown only now and "
+            "stored nowhere. The member must choose a new password when logging in."
+        ),
+        "reset_keys": (
+            "Keys replaced on the chain. Content keys wrapped again: {rewrapped}; lost (held "
+            "only under the old personal key): {lost}."
+        ),
+        "resets_title": "Password resets",
+        "resets_empty": "No resets yet.",
+        "reset_by": "By",
+        "my_id_title": "Your patient id",
+        "my_id_help": (
+            "You can give this pseudonymous id to a clinic so that a doctor can request "
+            "access to your data."
+        ),
+        "nav_requests": "Access requests",
+        "requests_title": "Access requests to patients",
+        "request_form_title": "Request access from a patient",
+        "request_form_help": (
+            "Enter the patient's pseudonymous id (p-…, shown on the patient's account page). "
+            "The patient sees the request and can grant or decline it."
+        ),
+        "request_button": "Send request",
+        "request_sent": "Request sent. The patient sees it on their access permissions page.",
+        "request_invalid": "Invalid request: check the patient id, scope, purpose and duration.",
+        "request_unknown_patient": "There is no patient with this id.",
+        "my_requests_title": "My requests",
+        "my_requests_empty": "No requests yet.",
+        "rq_open": "awaiting an answer",
+        "rq_granted": "granted",
+        "rq_declined": "declined",
+        "rq_expired": "expired",
+        "open_requests_title": "Access requests awaiting your answer",
+        "requester": "Requested by",
+        "answer": "Answer",
+        "request_grant": "Grant",
+        "request_decline": "Decline",
+        "request_declined": "Request declined.",
     },
 }
 

@@ -32,6 +32,9 @@ class WebSession:
     last_seen: float
     # A TOTP secret shown on the account page and not yet confirmed with a code.
     pending_totp: str | None = None
+    # Logged in with a one-time password from an admin reset: only the change-password
+    # page (and logout) answer until the member has chosen their own.
+    must_change: bool = False
 
 
 def same_token(expected: str, given: str | None) -> bool:
@@ -94,6 +97,14 @@ class SessionStore:
             with self._lock:
                 self._sessions.pop(sid, None)
 
+    def end_principal(self, principal: str) -> int:
+        """End every session of a principal (their password was reset); returns how many."""
+        with self._lock:
+            ended = [sid for sid, s in self._sessions.items() if s.actor.id == principal]
+            for sid in ended:
+                del self._sessions[sid]
+            return len(ended)
+
 
 @dataclass
 class _Failures:
@@ -143,6 +154,12 @@ class LoginGuard:
                 if len(entry.times) >= self.max_failures:
                     entry.locked_until = now + self.lockout
                     entry.times = []
+
+    def clear(self, *keys: str) -> None:
+        """Forget the failures and any lock of these keys (an admin reset the password)."""
+        with self._lock:
+            for key in keys:
+                self._by_key.pop(key, None)
 
     def succeeded(self, user_key: str) -> None:
         """Clear a user name's failures after a successful login."""
