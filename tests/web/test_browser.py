@@ -240,6 +240,14 @@ def test_screenshots_in_both_languages_and_widths(
         # Nothing overflows sideways at phone width.
         width = patient.evaluate("document.documentElement.scrollWidth")
         assert width <= viewport["width"], width
+        if viewport_name == "phone":
+            # Stacked cells show their column's name, since the header row is hidden.
+            before = patient.evaluate(
+                "getComputedStyle(document.querySelector('tbody td[data-label]'), '::before')"
+                ".content"
+            )
+            assert before == '"Date: "', before
+            assert patient.locator("thead").first.is_hidden()
         patient.screenshot(path=shots / f"patient-timeline-en-{viewport_name}.png", full_page=True)
         patient.get_by_role("link", name="Results chart").click()
         assert patient.locator("figure.chart svg polyline").count() >= 1

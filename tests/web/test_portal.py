@@ -553,3 +553,46 @@ def test_api_paths_keep_their_own_errors_beside_the_portal(portal: Portal) -> No
     finally:
         api.state.ctx.close()
         tokens.close()
+
+
+ACTION_CELL = re.compile(r"^\s*(<a [^>]*>.*</a>|<form .*</form>)?\s*$", re.S)
+
+
+def test_every_table_cell_names_its_column_for_the_phone_layout(portal: Portal) -> None:
+    """Below 600 px the header row is hidden, so each data cell carries its column's name
+    (``data-label``); only cells holding nothing but a link or a form may go without."""
+    pages = {
+        "patient-1": ["/me", "/me/access", "/me/consents", "/me/chart"],
+        "dokter-melati": ["/patients", f"/patients/{portal.id_of('patient-1')}", "/requests"],
+        "apoteker-sentosa": ["/pharmacy"],
+        "admin-melati": ["/admin"],
+        "auditor-melati": ["/audit"],
+    }
+    # A request of the doctor's so that /requests lists one.
+    doctor = portal.login("dokter-melati")
+    page = doctor.get("/requests")
+    made = doctor.post(
+        "/requests",
+        data={
+            "csrf": csrf_of(page.text),
+            "patient": portal.id_of("patient-3"),
+            "purpose": "treatment",
+            "days": "7",
+        },
+    )
+    assert made.status_code == 303, made.text
+    labelled = 0
+    for user, paths in pages.items():
+        client = portal.login(user)
+        for path in paths:
+            html = client.get(path).text
+            assert "<td" in html, path
+            for attrs, content in re.findall(r"<td([^>]*)>(.*?)</td>", html, re.S):
+                if "colspan" in attrs:
+                    continue  # a "nothing here" row spanning the table
+                if "data-label=" in attrs:
+                    labelled += 1
+                    assert re.search(r'data-label="[^"{}]+"', attrs), (path, attrs)
+                else:
+                    assert ACTION_CELL.match(content), (path, content)
+    assert labelled > 60
