@@ -3,6 +3,7 @@ main paths of each role through the real services (consent checked, reads audite
 
 from __future__ import annotations
 
+import json
 import re
 
 from rekam.web import i18n
@@ -596,3 +597,108 @@ def test_every_table_cell_names_its_column_for_the_phone_layout(portal: Portal) 
                 else:
                     assert ACTION_CELL.match(content), (path, content)
     assert labelled > 60
+
+
+def _order_for(portal: Portal, patient: str) -> str:
+    """A doctor orders an HbA1c test at Lab Prima; the patient shares orders and results
+    with the lab. Returns the order's record id."""
+    doctor = portal.login("dokter-melati")
+    token = csrf_of(doctor.get(f"/patients/{patient}").text)
+    ordered = doctor.post(
+        f"/patients/{patient}/lab-orders",
+        data={"csrf": token, "test": "hba1c", "lab": "lab-prima"},
+    )
+    assert ordered.status_code == 303
+    order = str(portal.ws.records.for_patient(patient)[-1][0])
+    name = next(
+        f"patient-{i + 1}" for i, p in enumerate(portal.creds["patients"]) if p["id"] == patient
+    )
+    client = portal.login(name)
+    shared = client.post(
+        "/me/consents",
+        data={
+            "csrf": csrf_of(client.get("/me/consents").text),
+            "grantee": "lab-prima",
+            "resource_type": ["ServiceRequest", "Observation"],
+            "purpose": "treatment",
+            "days": "7",
+        },
+    )
+    assert shared.status_code == 303
+    return order
+
+
+def _order_row(html: str, order: str) -> str:
+    rows = re.findall(r"<tr>.*?</tr>", html, re.S)
+    return next(row for row in rows if f"/records/{order}" in row)
+
+
+def test_a_lab_order_shows_completed_once_its_result_is_on_the_chain(portal: Portal) -> None:
+    pid = portal.id_of("patient-2")
+    order = _order_for(portal, pid)
+    analyst = portal.login("analis-prima")
+    patient = portal.login("patient-2")
+    doctor = portal.login("dokter-melati")
+    assert "menunggu hasil" in _order_row(analyst.get("/lab").text, order)
+    assert "menunggu hasil" in _order_row(patient.get("/me").text, order)
+    shown = analyst.get(f"/records/{order}")
+    assert "menunggu hasil" in shown.text
+    done = analyst.post(f"/lab/{order}/result", data={"csrf": csrf_of(shown.text), "value": "7"})
+    assert done.status_code == 303
+    result = str(portal.ws.records.for_patient(pid)[-1][0])
+    # The lab's list, the patient's timeline, the doctor's patient page and the order's
+    # own page all show it as completed.
+    assert "selesai (hasil diterima)" in _order_row(analyst.get("/lab").text, order)
+    assert "selesai (hasil diterima)" in _order_row(patient.get("/me").text, order)
+    assert "selesai (hasil diterima)" in _order_row(doctor.get(f"/patients/{pid}").text, order)
+    assert "selesai (hasil diterima)" in patient.get(f"/records/{order}").text
+    patient.get("/lang/en", params={"next": "/me"})
+    assert "completed (result received)" in patient.get(f"/records/{order}").text
+    # The order's content is still what the doctor signed: the lab may not author it.
+    own = portal.ws.actor(pid, portal.password("patient-2"))
+    content = portal.ws.records.read(own, order, None, "own")
+    assert content.version == 1 and content.resource["status"] == "active"
+    # Erasing the result takes the evidence away: the order is open again.
+    token = csrf_of(patient.get("/me").text)
+    erased = patient.post(f"/records/{result}/erase", data={"csrf": token, "confirm": "yes"})
+    assert erased.status_code == 303
+    assert "menunggu hasil" in _order_row(analyst.get("/lab").text, order)
+
+
+def test_a_result_written_elsewhere_counts_once_read_here(portal: Portal) -> None:
+    """A result written outside the portal (the FHIR API, another node) is linked to its
+    order when this node reads it under audit; a basedOn naming another patient's order,
+    or a record that is not a lab order, is ignored."""
+    pid = portal.id_of("patient-2")
+    order = _order_for(portal, pid)
+    other_order = _order_for(portal, portal.id_of("patient-3"))
+    analyst_actor = portal.ws.actor(portal.id_of("analis-prima"), portal.password("analis-prima"))
+    first_record = str(portal.ws.records.for_patient(pid)[0][0])
+    resource = {
+        "resourceType": "Observation",
+        "status": "final",
+        "basedOn": [
+            {"reference": f"ServiceRequest/{order}"},
+            {"reference": f"ServiceRequest/{other_order}"},
+            {"reference": f"ServiceRequest/{first_record}"},
+        ],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": "2026-11-24T01:00:00+00:00",
+        "valueQuantity": {
+            "value": 6.1,
+            "unit": "%",
+            "system": "http://unitsofmeasure.org",
+            "code": "%",
+        },
+    }
+    written = portal.ws.records.write(analyst_actor, resource, patient=pid)
+    analyst = portal.login("analis-prima")
+    assert "menunggu hasil" in _order_row(analyst.get("/lab").text, order)
+    assert analyst.get(f"/records/{written.record}").status_code == 200
+    lab = analyst.get("/lab").text
+    assert "selesai (hasil diterima)" in _order_row(lab, order)
+    assert "menunggu hasil" in _order_row(lab, other_order)
+    links = json.loads((portal.root / "portal-lab-results.json").read_text("utf-8"))
+    assert links == {order: [written.record]}
+    assert (portal.root / "portal-lab-results.json").stat().st_mode & 0o077 == 0

@@ -11,9 +11,13 @@ from __future__ import annotations
 import base64
 import copy
 import json
-from collections.abc import Mapping
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rekam.ledger.block import Checkpoint
@@ -117,11 +121,111 @@ class Proof:
     verified: bool
 
 
+_ORDER_REF = re.compile(r"^ServiceRequest/(r-[0-9a-f]{32})$")
+
+
+def result_orders(resource: Mapping[str, Any]) -> list[str]:
+    """The record ids of the lab orders (ServiceRequests) an Observation is ``basedOn``."""
+    if resource.get("resourceType") != "Observation":
+        return []
+    found = []
+    based = resource.get("basedOn")
+    for ref in based if isinstance(based, list) else []:
+        target = ref.get("reference") if isinstance(ref, Mapping) else None
+        match = _ORDER_REF.match(target) if isinstance(target, str) else None
+        if match:
+            found.append(match.group(1))
+    return found
+
+
+class LabResultIndex:
+    """Which result records (Observations) name which lab order in ``basedOn``, in
+    ``DIR/portal-lab-results.json`` (owner-only; pseudonymous record ids only).
+
+    The link is in the encrypted content, so the chain's metadata cannot show it; this
+    node notes it when it writes a result or reads one under audit, so that order lists
+    can show the order as completed without reading every Observation. A link counts only
+    while both records are on the chain for the same patient and the result is not erased.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "portal-lab-results.json"
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict[str, list[str]]:
+        if not self.path.is_file():
+            return {}
+        data: dict[str, list[str]] = json.loads(self.path.read_text("utf-8"))
+        return data
+
+    def note(self, store: Any, result: str, resource: Mapping[str, Any]) -> None:
+        """Link a result record to the orders its content names (orders of the same
+        patient on the chain only; anything else in ``basedOn`` is ignored)."""
+        row = store.get("record", result)
+        if row is None or row["resource_type"] != "Observation":
+            return
+        orders = []
+        for order in result_orders(resource):
+            head = store.get("record", order)
+            if (
+                head is not None
+                and head["resource_type"] == "ServiceRequest"
+                and head["patient"] == row["patient"]
+            ):
+                orders.append(order)
+        if not orders:
+            return
+        with self._lock:
+            data = self._read()
+            changed = False
+            for order in orders:
+                linked = data.setdefault(order, [])
+                if result not in linked:
+                    linked.append(result)
+                    changed = True
+            if changed:
+                tmp = self.path.with_suffix(".tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    json.dump(data, out, indent=2, sort_keys=True)
+                os.replace(tmp, self.path)
+
+    def completed(self, store: Any, orders: Iterable[str]) -> set[str]:
+        """Those of ``orders`` with a result on the chain that is not erased."""
+        with self._lock:
+            data = self._read()
+        done = set()
+        for order in orders:
+            head = store.get("record", order)
+            for result in data.get(order, []):
+                row = store.get("record", result)
+                if (
+                    head is not None
+                    and row is not None
+                    and not row["erased"]
+                    and row["patient"] == head["patient"]
+                ):
+                    done.add(order)
+                    break
+        return done
+
+
 class PortalService:
     """Read-only queries for the portal's pages, on the node's state tables."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, lab_results: LabResultIndex | None = None) -> None:
         self.ws = ws
+        self.lab_results = lab_results or LabResultIndex(ws.datadir.root)
+
+    def completed_orders(self, rows: Iterable[tuple[str, Mapping[str, Any]]]) -> set[str]:
+        """The lab orders among these record heads whose result has arrived (see
+        :class:`LabResultIndex`); their own content keeps the status the doctor wrote."""
+        orders = [key for key, row in rows if row["resource_type"] == "ServiceRequest"]
+        return self.lab_results.completed(self.ws.node.store, orders)
+
+    def note_read(self, record: str, resource: Mapping[str, Any]) -> None:
+        """Note what an audited read showed that order lists need (a result's order)."""
+        self.lab_results.note(self.ws.node.store, record, resource)
 
     def member_org(self, actor: Actor) -> str | None:
         """The organisation of a member (None for a patient or an unknown member)."""
@@ -485,8 +589,9 @@ def lab_order_resource(
 class PortalActions:
     """The portal's writes, each through the core services (consent checked, audited)."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, lab_results: LabResultIndex | None = None) -> None:
         self.ws = ws
+        self.lab_results = lab_results or LabResultIndex(ws.datadir.root)
 
     def add_observation(self, actor: Actor, patient: str, kind: str, value: float) -> WriteResult:
         """Write a numeric observation for a patient."""
@@ -568,7 +673,9 @@ class PortalActions:
                 "code": ucum,
             },
         }
-        return self.ws.records.write(actor, resource, patient=str(row["patient"]))
+        written = self.ws.records.write(actor, resource, patient=str(row["patient"]))
+        self.lab_results.note(self.ws.node.store, written.record, resource)
+        return written
 
     def dispense(self, actor: Actor, prescription: str) -> TxResult:
         """Read the shared prescription (audited) and record its dispense with a

@@ -51,6 +51,7 @@ from rekam.service.portal import (
     LAB_TESTS,
     MAX_PATIENT_HITS,
     OBSERVATION_KINDS,
+    LabResultIndex,
     OrgAdminQueries,
     PatientQueryError,
     PatientSearch,
@@ -223,8 +224,9 @@ def create_portal(
     clock = config.clock or time.monotonic
     sessions = SessionStore(config.idle_seconds, clock)
     guard = LoginGuard(config.max_failures, config.lockout_seconds, config.lockout_seconds, clock)
-    queries = PortalService(ws)
-    actions = PortalActions(ws)
+    lab_results = LabResultIndex(ws.datadir.root)
+    queries = PortalService(ws, lab_results)
+    actions = PortalActions(ws, lab_results)
     admin = OrgAdminQueries(ws)
     totp = TotpStore(ws.datadir.root)
     resets = PasswordResets(ws.datadir.root)
@@ -552,7 +554,13 @@ def create_portal(
     async def timeline(request: Request) -> Response:
         session = current(request, "patient")
         records = await call(ws.records.for_patient, session.actor.id)
-        return render(request, "timeline.html", session, records=list(reversed(records)))
+        return render(
+            request,
+            "timeline.html",
+            session,
+            records=list(reversed(records)),
+            completed=await call(queries.completed_orders, records),
+        )
 
     @app.get("/me/chart")
     async def chart_page(request: Request) -> Response:
@@ -747,6 +755,10 @@ def create_portal(
             raise PortalError(404, "not_found")
         purpose = await call(purpose_for, session, head["patient"])
         result = await call(ws.records.read, session.actor, record, None, purpose)
+        if result.resource_type == "Observation":
+            # A result read here (written on another node or through the FHIR API) tells
+            # this node's order lists that its order is done.
+            await call(queries.note_read, record, result.resource)
         proof = await call(queries.proof, record, result.version)
         lang = lang_of(request)
         return render(
@@ -759,6 +771,8 @@ def create_portal(
             proof=proof,
             summary=summarize(result.resource, lang),
             content=json.dumps(result.resource, indent=2, ensure_ascii=False),
+            order_completed=head["resource_type"] == "ServiceRequest"
+            and bool(await call(queries.completed_orders, [(record, head)])),
             can_attach=session.role == "lab_analyst" and head["resource_type"] == "ServiceRequest",
             can_erase=session.role == "patient" and head["resource_type"] != "Patient",
             can_dispense=session.role == "pharmacist"
@@ -855,6 +869,7 @@ def create_portal(
             patient=patient,
             link=links[patient],
             records=list(reversed(records)),
+            completed=await call(queries.completed_orders, records),
             kinds=("note", *OBSERVATION_KINDS),
             conditions=await call(common_diagnoses),
             medications=synthetic.MEDICATIONS,
@@ -941,7 +956,8 @@ def create_portal(
     async def lab_orders(request: Request) -> Response:
         session = current(request, "lab_analyst")
         rows = await call(queries.lab_orders_for, session.actor)
-        return render(request, "lab.html", session, orders=rows)
+        completed = await call(queries.completed_orders, rows)
+        return render(request, "lab.html", session, orders=rows, completed=completed)
 
     @app.post("/lab/{order}/result")
     async def lab_result(request: Request, order: str) -> Response:

@@ -343,6 +343,14 @@ CATALOG: dict[str, dict[str, str]] = {
         "request_grant": "Beri izin",
         "request_decline": "Tolak",
         "request_declined": "Permintaan ditolak.",
+        # Branch portal2: lab order status, request access from the patient list.
+        "order_status": "Status pesanan",
+        "order_awaiting": "menunggu hasil",
+        "order_completed": "selesai (hasil diterima)",
+        "order_completed_hint": (
+            "Hasil yang merujuk pesanan ini ada di rantai. Isi pesanan tetap seperti ditulis "
+            "dokter."
+        ),
     },
     "en": {
         "app": "Rekam: shared medical records",
@@ -665,6 +673,14 @@ CATALOG: dict[str, dict[str, str]] = {
         "request_grant": "Grant",
         "request_decline": "Decline",
         "request_declined": "Request declined.",
+        # Branch portal2: lab order status, request access from the patient list.
+        "order_status": "Order status",
+        "order_awaiting": "awaiting result",
+        "order_completed": "completed (result received)",
+        "order_completed_hint": (
+            "A result based on this order is on the chain. The order's content stays as the "
+            "doctor wrote it."
+        ),
     },
 }
 
