@@ -60,7 +60,13 @@ from rekam.service.portal import (
     common_diagnoses,
     export_bundle,
 )
-from rekam.service.portal_auth import PasswordResets, TotpStore, new_secret, provisioning_uri
+from rekam.service.portal_auth import (
+    GuardState,
+    PasswordResets,
+    TotpStore,
+    new_secret,
+    provisioning_uri,
+)
 from rekam.service.verify import verify_chain
 from rekam.service.workspace import Workspace
 from rekam.web import chart, i18n
@@ -121,8 +127,10 @@ class PortalConfig:
     idle_seconds: float = 15 * 60
     max_failures: int = 5
     lockout_seconds: float = 15 * 60
+    # Monotonic seconds for session expiry. Tests set it to drive the lockout too; by
+    # default the lockout uses the wall clock, since its times are stored across restarts.
     clock: Callable[[], float] | None = None
-    # Wall-clock seconds for TOTP codes (the session clock above is monotonic).
+    # Wall-clock seconds for TOTP codes and (by default) the lockout.
     wall_clock: Callable[[], float] | None = None
     credentials: Mapping[str, Any] = field(default_factory=dict)
 
@@ -223,14 +231,23 @@ def create_portal(
     config = config or PortalConfig()
     clock = config.clock or time.monotonic
     sessions = SessionStore(config.idle_seconds, clock)
-    guard = LoginGuard(config.max_failures, config.lockout_seconds, config.lockout_seconds, clock)
     lab_results = LabResultIndex(ws.datadir.root)
     queries = PortalService(ws, lab_results)
     actions = PortalActions(ws, lab_results)
     admin = OrgAdminQueries(ws)
-    totp = TotpStore(ws.datadir.root)
     resets = PasswordResets(ws.datadir.root)
     wall = config.wall_clock or time.time
+    # Lockouts and TOTP replay state are kept on disk (a restart must not release them);
+    # a test clock, when given, drives the lockout as it drives the sessions.
+    guard_state = GuardState(ws.datadir.root)
+    totp = TotpStore(ws.datadir.root, guard_state)
+    guard = LoginGuard(
+        guard_state,
+        config.max_failures,
+        config.lockout_seconds,
+        config.lockout_seconds,
+        config.clock or wall,
+    )
     credentials = dict(config.credentials) or _load_credentials(ws.datadir.root)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),

@@ -1,8 +1,11 @@
-"""Portal sessions, CSRF tokens and login throttling, all held in the server's memory.
+"""Portal sessions, CSRF tokens and login throttling.
 
 A session holds the principal's unlocked keys (an :class:`Actor`); the browser gets only a
 random session id in an HttpOnly, SameSite=Strict cookie. Sessions end on logout or after
-a period of inactivity, and the keys are dropped with them.
+a period of inactivity, and the keys are dropped with them. Sessions live in the server's
+memory only, on purpose: a restart logs everyone out rather than writing unlocked keys
+anywhere. The login throttle's counts are kept on disk (:class:`GuardState`) so that a
+restart does not release a lockout.
 """
 
 from __future__ import annotations
@@ -12,11 +15,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from rekam.service.portal_auth import GuardState
 from rekam.service.workspace import Actor
-
-MAX_TRACKED = 10_000
 
 
 @dataclass
@@ -106,62 +108,45 @@ class SessionStore:
             return len(ended)
 
 
-@dataclass
-class _Failures:
-    times: list[float] = field(default_factory=list)
-    locked_until: float = 0.0
-
-
 class LoginGuard:
-    """Lock a user name (and a client address) out after repeated failed logins."""
+    """Lock a user name (and a client address) out after repeated failed logins.
+
+    The counts and locks are kept in the node's :class:`GuardState` file, not in memory:
+    restarting the server must not release an attacker's lockout.
+    """
 
     def __init__(
         self,
+        state: GuardState,
         max_failures: int = 5,
         window_seconds: float = 900.0,
         lockout_seconds: float = 900.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.state = state
         self.max_failures = max_failures
         self.window = window_seconds
         self.lockout = lockout_seconds
+        # Wall-clock seconds: the times are stored and must mean the same after a restart.
         self.clock = clock
-        self._by_key: dict[str, _Failures] = {}
-        self._lock = threading.Lock()
+
+    def _tags(self, keys: tuple[str, ...]) -> list[str]:
+        return [self.state.tag(key) for key in keys]
 
     def locked(self, *keys: str) -> bool:
         """Whether any of these keys (user name, client address) is locked out now."""
-        now = self.clock()
-        with self._lock:
-            return any(
-                (f := self._by_key.get(k)) is not None and f.locked_until > now for k in keys
-            )
+        return self.state.locked(self._tags(keys), self.clock())
 
     def failed(self, *keys: str) -> None:
         """Count a failed login against each key; lock a key that reaches the limit."""
-        now = self.clock()
-        with self._lock:
-            if len(self._by_key) > MAX_TRACKED:
-                # Bound the memory a flood of made-up user names can take.
-                self._by_key = {
-                    k: f
-                    for k, f in self._by_key.items()
-                    if f.locked_until > now or any(now - t < self.window for t in f.times)
-                }
-            for key in keys:
-                entry = self._by_key.setdefault(key, _Failures())
-                entry.times = [t for t in entry.times if now - t < self.window] + [now]
-                if len(entry.times) >= self.max_failures:
-                    entry.locked_until = now + self.lockout
-                    entry.times = []
+        self.state.failed(
+            self._tags(keys), self.clock(), self.window, self.max_failures, self.lockout
+        )
 
     def clear(self, *keys: str) -> None:
         """Forget the failures and any lock of these keys (an admin reset the password)."""
-        with self._lock:
-            for key in keys:
-                self._by_key.pop(key, None)
+        self.state.clear(self._tags(keys))
 
     def succeeded(self, user_key: str) -> None:
         """Clear a user name's failures after a successful login."""
-        with self._lock:
-            self._by_key.pop(user_key, None)
+        self.state.clear(self._tags((user_key,)))
