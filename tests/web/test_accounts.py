@@ -431,3 +431,23 @@ def test_expired_requests_are_not_open(portal: Portal) -> None:
         assert later.status == "expired"
     finally:
         portal.ws.node.clock = clock
+
+
+def test_the_patient_list_leads_to_a_request_for_an_unlisted_patient(portal: Portal) -> None:
+    """/patients offers "Patient not listed?": a GET form to /requests carrying only the
+    pseudonymous id the patient gave, which fills in the request form (both languages)."""
+    pid = portal.id_of("patient-3")
+    for user in ("dokter-melati", "analis-prima"):
+        client = portal.login(user)
+        page = client.get("/patients").text
+        section = page.split('id="ask-title"', 1)[1].split("</section>", 1)[0]
+        assert "Pasien tidak ada di daftar?" in section
+        assert '<form method="get" action="/requests"' in section
+        assert 'name="patient"' in section and "csrf" not in section  # a GET: nothing written
+        form = client.get("/requests", params={"patient": pid})
+        assert form.status_code == 200 and f'value="{pid}"' in form.text
+    client.get("/lang/en", params={"next": "/patients"})
+    english = client.get("/patients").text
+    assert "Patient not listed?" in english and "Request access" in english
+    # Whatever else is typed is not carried into the form.
+    assert 'value="Budi"' not in client.get("/requests", params={"patient": "Budi"}).text

@@ -351,6 +351,12 @@ CATALOG: dict[str, dict[str, str]] = {
             "Hasil yang merujuk pesanan ini ada di rantai. Isi pesanan tetap seperti ditulis "
             "dokter."
         ),
+        "ask_title": "Pasien tidak ada di daftar?",
+        "ask_hint": (
+            "Minta nomor pasien mereka (ada di halaman akun pasien, diawali p-) dan ajukan "
+            "permintaan akses. Pasien melihat permintaan itu dan dapat memberi izin atau menolak."
+        ),
+        "ask_button": "Minta akses",
     },
     "en": {
         "app": "Rekam: shared medical records",
@@ -681,6 +687,12 @@ CATALOG: dict[str, dict[str, str]] = {
             "A result based on this order is on the chain. The order's content stays as the "
             "doctor wrote it."
         ),
+        "ask_title": "Patient not listed?",
+        "ask_hint": (
+            "Ask them for their patient number (on their account page, starting with p-) and "
+            "request access. The patient sees the request and can grant or decline it."
+        ),
+        "ask_button": "Request access",
     },
 }
 
