@@ -208,6 +208,21 @@ def test_emergency_access(browser: Any, server: Server, shots: Path) -> None:
     patient.context.close()
 
 
+def test_unlisted_patient_leads_to_a_request_on_a_phone(browser: Any, server: Server) -> None:
+    doctor = open_as(browser, server, "dokter-kenanga", PHONE)
+    # The linked patients' table is stacked; each cell names its column.
+    first = doctor.locator("tbody td[data-label]").first
+    assert first.evaluate("td => getComputedStyle(td, '::before').content") == '"Pasien: "'
+    pid = server.id_of("patient-2")
+    doctor.get_by_label("Nomor pasien").fill(pid)
+    doctor.get_by_role("button", name="Minta akses").click()
+    doctor.wait_for_load_state()
+    assert doctor.url.endswith(f"/requests?patient={pid}")
+    assert doctor.get_by_label("ID pasien").input_value() == pid
+    assert doctor.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    doctor.context.close()
+
+
 def test_forbidden_page_is_refused(browser: Any, server: Server) -> None:
     pharmacist = open_as(browser, server, "apoteker-sentosa")
     response = pharmacist.goto("/me/access")

@@ -357,6 +357,7 @@ CATALOG: dict[str, dict[str, str]] = {
             "permintaan akses. Pasien melihat permintaan itu dan dapat memberi izin atau menolak."
         ),
         "ask_button": "Minta akses",
+        "ask_patient": "Nomor pasien",
     },
     "en": {
         "app": "Rekam: shared medical records",
@@ -693,6 +694,7 @@ CATALOG: dict[str, dict[str, str]] = {
             "request access. The patient sees the request and can grant or decline it."
         ),
         "ask_button": "Request access",
+        "ask_patient": "Patient number",
     },
 }
 
