@@ -12,6 +12,8 @@ Layout::
     DIR/rekam.lock        held while a process writes to the folder
     DIR/index/            keyed patient search index (HMAC tags only; key in DIR/secrets/)
     DIR/api/              API tokens (sealed); DIR/portal-totp.json: sealed TOTP secrets
+    DIR/portal-guard.db   login lockout counts and TOTP replay state (keyed tags only)
+    DIR/portal-lab-results.json   which lab order a result answers (record ids only)
 
 The chain never sees the directory: staff names are local display data. Patient names and
 identifiers exist only inside encrypted record content, and on the node as keyed tags.
