@@ -92,6 +92,18 @@ def test_demo_prints_history_and_writes_credentials(demo_dir: Path) -> None:
 
 def test_verify_status_and_audit(demo_dir: Path) -> None:
     assert rekam("verify", "-d", str(demo_dir)).stdout.startswith("OK")
+    # The outcome is recorded for the portal's status pages: time, verdict, summary only.
+    last = json.loads((demo_dir / "last-verify.json").read_text("utf-8"))
+    assert (
+        last["ok"] is True
+        and last["summary"].startswith("OK")
+        and set(last)
+        == {
+            "ok",
+            "summary",
+            "time",
+        }
+    )
     status = json.loads(rekam("status", "-d", str(demo_dir), "--json").stdout)
     assert status["height"] > 10 and len(status["local_orgs"]) == 4
     patient = json.loads((demo_dir / "demo-credentials.json").read_text())["patients"][0]["id"]

@@ -279,8 +279,13 @@ def test_admin_runs_verification_and_sees_its_members_events(portal: Portal) -> 
     assert doctor.get("/admin").status_code == 403
     admin = portal.login("admin-melati")
     page = admin.get("/admin")
+    assert "Belum pernah diverifikasi" in page.text  # no verification recorded yet
     report = admin.post("/admin/verify", data={"csrf": csrf_of(page.text)})
     assert report.status_code == 200 and "Verifikasi berhasil" in report.text
+    # The outcome is kept: the status shows the last verification on later visits too.
+    status = admin.get("/admin").text.split('id="events"')[0]
+    assert "Verifikasi terakhir" in status and "Belum pernah diverifikasi" not in status
+    assert "Node dalam jaringan" not in status  # an embedded node has no peers to list
     reads = admin.get("/admin", params={"kind": "record.write"}).text
     events = reads.split('id="events"')[1]
     assert "dr. Andi Contoh" in events and "menulis" in events

@@ -14,6 +14,8 @@ Layout::
     DIR/api/              API tokens (sealed); DIR/portal-totp.json: sealed TOTP secrets
     DIR/portal-guard.db   login lockout counts and TOTP replay state (keyed tags only)
     DIR/portal-lab-results.json   which lab order a result answers (record ids only)
+    DIR/network.json      present on a node of an etcd-ordered network (endpoints, peers)
+    DIR/last-verify.json  time and outcome of the latest full verification (no content)
 
 The chain never sees the directory: staff names are local display data. Patient names and
 identifiers exist only inside encrypted record content, and on the node as keyed tags.
@@ -33,6 +35,10 @@ from rekam.crypto import KdfParams, new_identity_keystore
 from rekam.ledger.tx import id_kind
 
 CONFIG_FORMAT = "rekam-node/1"
+
+
+NETWORK_FILE = "network.json"
+LAST_VERIFY_FILE = "last-verify.json"
 
 
 class DataDirError(Exception):
@@ -78,6 +84,23 @@ class DataDir:
     def exists(self) -> bool:
         """True when the folder holds a node configuration."""
         return self.config_path.is_file()
+
+    @property
+    def in_network(self) -> bool:
+        """True for a node of an etcd-ordered network (it holds only content it may read)."""
+        return (self.root / NETWORK_FILE).is_file()
+
+    def record_verification(self, outcome: dict[str, Any]) -> None:
+        """Keep the latest full verification's outcome (time, ok, one-line summary)."""
+        _atomic_write(self.root / LAST_VERIFY_FILE, json.dumps(outcome, sort_keys=True) + "\n")
+
+    def last_verification(self) -> dict[str, Any] | None:
+        """The latest recorded verification outcome, or None when none was recorded."""
+        try:
+            doc: dict[str, Any] = json.loads((self.root / LAST_VERIFY_FILE).read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        return doc
 
     def config(self) -> dict[str, Any]:
         """The parsed node configuration."""

@@ -711,7 +711,7 @@ class OrgAdminQueries:
         return sorted(rows, key=lambda item: (item[1]["revoked"], item[1]["role"], item[0]))
 
     def status(self) -> dict[str, Any]:
-        """Network id, head height and the latest checkpoint's height."""
+        """Network id, head height, latest checkpoint, active organisations, last verification."""
         store = self.ws.node.store
         latest = store.latest_checkpoint()
         return {
@@ -719,6 +719,7 @@ class OrgAdminQueries:
             "height": self.ws.node.head.height,
             "checkpoint": int(latest.body["height"]) if latest else None,
             "orgs": len(store.query("org", {"active": True})),
+            "last_verify": self.ws.datadir.last_verification(),
         }
 
 

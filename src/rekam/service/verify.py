@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rekam.crypto import verify_signature
 from rekam.encoding import b64d
@@ -38,6 +38,9 @@ from rekam.ledger.validate import (
 from rekam.service.ports import BlobStore, ChainStore
 from rekam.service.proofs import BlockLog
 from rekam.service.workers import POOL_FAILURES, fork_pool, submit_parts
+
+if TYPE_CHECKING:
+    from rekam.service.workspace import Workspace
 
 # Replay reads blocks in batches, each closed at whichever limit it reaches first, and
 # prepares (decodes and signature-checks) up to PREPARE_AHEAD batches ahead of the one it
@@ -531,6 +534,26 @@ def verify_chain(
         except VerifyFailure as failure:
             report.problem = str(failure)
     report.seconds = time.perf_counter() - started
+    return report
+
+
+def verify_workspace(ws: Workspace, progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Verify a node's whole chain and record the outcome in its data folder.
+
+    The one entry point for ``rekam verify`` and the portal: a network node is checked for
+    the content it holds keys for only, and every run's outcome (time, verdict, summary;
+    never content) is kept for the status pages.
+    """
+    report = verify_chain(
+        ws.node.store,
+        ws.genesis,
+        ws.node.blobs,
+        progress,
+        held_content_only=ws.datadir.in_network,
+    )
+    ws.datadir.record_verification(
+        {"time": ws.node.clock(), "ok": report.ok, "summary": report.summary()}
+    )
     return report
 
 

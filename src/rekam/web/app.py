@@ -67,7 +67,7 @@ from rekam.service.portal_auth import (
     new_secret,
     provisioning_uri,
 )
-from rekam.service.verify import verify_chain
+from rekam.service.verify import verify_workspace
 from rekam.service.workspace import Workspace
 from rekam.web import chart, i18n
 from rekam.web.security import LoginGuard, SessionStore, WebSession, same_token
@@ -133,6 +133,9 @@ class PortalConfig:
     # Wall-clock seconds for TOTP codes and (by default) the lockout.
     wall_clock: Callable[[], float] | None = None
     credentials: Mapping[str, Any] = field(default_factory=dict)
+    # On a node of an etcd-ordered network: the cluster as etcd sees it (peers' heights and
+    # lag, etcd members' health), shown on the admin and audit pages. None when embedded.
+    network_view: Callable[[], Mapping[str, Any]] | None = None
 
 
 class PortalError(Exception):
@@ -1024,6 +1027,13 @@ def create_portal(
         raw = request.query_params.get("page") or "1"
         return int(raw) if raw.isdigit() and 0 < len(raw) < 7 else 1
 
+    async def node_status() -> dict[str, Any]:
+        status = await call(admin.status)
+        view = config.network_view
+        # etcd is asked outside the service lock: a slow cluster must not hold up writes.
+        status["cluster"] = await run_in_threadpool(view) if view is not None else None
+        return status
+
     async def admin_page(
         request: Request, session: WebSession, status: int = 200, **extra: Any
     ) -> Response:
@@ -1038,7 +1048,7 @@ def create_portal(
             session,
             status,
             members=await call(admin.members, org),
-            node=await call(admin.status),
+            node=await node_status(),
             events=events.entries,
             paging=events,
             filters={"kind": kind or ""},
@@ -1096,7 +1106,7 @@ def create_portal(
     async def verify(request: Request) -> Response:
         session = current(request, "admin")
         await form_of(request, session)
-        report = await call_alone(verify_chain, ws.node.store, ws.genesis, ws.node.blobs)
+        report = await call_alone(verify_workspace, ws)
         return await admin_page(request, session, report=report)
 
     # -- auditor: verification and the network-wide access-event search --------------------
@@ -1132,7 +1142,7 @@ def create_portal(
             "audit.html",
             session,
             status,
-            node=await call(admin.status),
+            node=await node_status(),
             events=events.entries,
             paging=events,
             filters={k: params.get(k, "")[:80] for k in ("kind", "org", "patient", "from", "to")},
@@ -1150,7 +1160,7 @@ def create_portal(
         session = current(request, "auditor")
         await form_of(request, session)
         # Exactly the admin page's check, run alone so no write interleaves.
-        report = await call_alone(verify_chain, ws.node.store, ws.genesis, ws.node.blobs)
+        report = await call_alone(verify_workspace, ws)
         return await audit_page(request, session, report=report)
 
     return app

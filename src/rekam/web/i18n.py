@@ -358,6 +358,17 @@ CATALOG: dict[str, dict[str, str]] = {
         ),
         "ask_button": "Minta akses",
         "ask_patient": "Nomor pasien",
+        # node status: last verification, peers and etcd on a network node
+        "last_verify": "Verifikasi terakhir",
+        "never_verified": "Belum pernah diverifikasi",
+        "peers_title": "Node dalam jaringan",
+        "lag": "Tertinggal (blok)",
+        "head_hash": "Hash blok terakhir",
+        "etcd_title": "Anggota etcd",
+        "etcd_up": "aktif",
+        "etcd_leader": "aktif, pemimpin Raft",
+        "etcd_down": "tidak terjangkau",
+        "etcd_unreachable": "etcd tidak terjangkau dari sini; data di bawah bisa tidak lengkap.",
     },
     "en": {
         "app": "Rekam: shared medical records",
@@ -695,6 +706,17 @@ CATALOG: dict[str, dict[str, str]] = {
         ),
         "ask_button": "Request access",
         "ask_patient": "Patient number",
+        # node status: last verification, peers and etcd on a network node
+        "last_verify": "Last verification",
+        "never_verified": "Never verified",
+        "peers_title": "Nodes in the network",
+        "lag": "Behind (blocks)",
+        "head_hash": "Head block hash",
+        "etcd_title": "etcd members",
+        "etcd_up": "up",
+        "etcd_leader": "up, Raft leader",
+        "etcd_down": "unreachable",
+        "etcd_unreachable": "etcd cannot be reached from here; what follows may be incomplete.",
     },
 }
 
