@@ -130,12 +130,10 @@ def serve(
     """Serve the web portal (/), the FHIR R4 API (/fhir), the ledger API (/api) and docs."""
     import uvicorn
 
-    from rekam.api import create_app
     from rekam.service.datadir import DataDirError
     from rekam.service.tokens import TokenStore
     from rekam.service.workspace import Workspace
-    from rekam.web import create_portal
-    from rekam.web.dispatch import PathDispatcher
+    from rekam.web.dispatch import node_app
 
     try:
         ws = Workspace.open(data_dir, wait_for_lock=False)
@@ -144,15 +142,13 @@ def serve(
         raise typer.Exit(1) from None
     tokens = TokenStore(data_dir)
     try:
-        app = create_app(ws, tokens)
-        # The web portal serves every path outside the API's prefixes (login page at /).
-        node_app = PathDispatcher(app, create_portal(ws, lock=app.state.ctx.lock))
+        app = node_app(ws, tokens)
         typer.echo(
             f"serving {ws.node.network_id} on http://{host}:{port} (portal at /, FHIR at /fhir)"
         )
         # No access log: a query string may hold an identifier (a NIK) being searched for.
-        uvicorn.run(node_app, host=host, port=port, access_log=False, log_level="warning")
-        app.state.ctx.close()
+        uvicorn.run(app.asgi, host=host, port=port, access_log=False, log_level="warning")
+        app.close()
     finally:
         tokens.close()
         ws.close()

@@ -7,7 +7,16 @@ API's own 404 and 405 answers (FHIR OperationOutcome) exactly as they were.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from rekam.api import create_app
+from rekam.service.tokens import TokenStore
+from rekam.service.workspace import Workspace
+from rekam.web.app import PortalConfig, create_portal
 
 API_PREFIXES = ("/fhir", "/api", "/docs", "/redoc", "/openapi.json")
 
@@ -32,3 +41,27 @@ class PathDispatcher:
             return
         target = self.api if self._is_api(str(scope.get("path", ""))) else self.portal
         await target(scope, receive, send)
+
+
+@dataclass
+class NodeApp:
+    """A node's HTTP application (API and portal over one workspace) and how to close it."""
+
+    asgi: PathDispatcher
+    close: Callable[[], None]
+
+
+def node_app(
+    ws: Workspace,
+    tokens: TokenStore,
+    *,
+    network_view: Callable[[], Mapping[str, Any]] | None = None,
+) -> NodeApp:
+    """The FHIR and ledger API and the portal of a node, as served by ``rekam serve`` and by
+    a network node's ``--http`` listener; ``network_view`` gives the portal the cluster's
+    status on a network node."""
+    api = create_app(ws, tokens)
+    ctx = api.state.ctx
+    # The portal and the API share one lock, so a verification runs with no write between.
+    portal = create_portal(ws, lock=ctx.lock, config=PortalConfig(network_view=network_view))
+    return NodeApp(PathDispatcher(api, portal), ctx.close)
