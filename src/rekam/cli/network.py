@@ -9,13 +9,16 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from rekam.service.workspace import OrgSpec
+
+if TYPE_CHECKING:
+    from rekam.service.network import NetworkNode
 
 network_app = typer.Typer(help="Run Rekam as a network of nodes ordered by an etcd cluster.")
 console = Console()
@@ -127,6 +130,14 @@ def run(
     commit_log: Annotated[
         Path | None, typer.Option(help="Benchmarks: log each block's commit time and tx ids.")
     ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            metavar="HOST:PORT",
+            help="Also serve the web portal (/) and the FHIR and ledger API (/fhir, /api).",
+        ),
+    ] = None,
 ) -> None:
     """Run a node until SIGTERM or Ctrl-C: follow etcd, validate, serve peers, cut blocks."""
     from rekam.service.network import CommitLog, LoadGenerator, NetworkNode
@@ -144,11 +155,16 @@ def run(
             threading.Thread(target=each.stop).start()
 
     signal.signal(signal.SIGUSR1, stop_load)
+    listen = _host_port(http) if http is not None else None
     net = NetworkNode.open(data_dir, cut_blocks=cut)
     if commit_log is not None:
         net.workspace.node.add_listener(CommitLog(commit_log))
     load = None
+    listener = None
     try:
+        if listen is not None:
+            listener = _HttpListener(net, *listen)
+            console.print(f"portal and API on http://{listen[0]}:{listen[1]}/")
         if load_rate > 0:
             load = LoadGenerator(net, load_rate, load_log or data_dir / "acked.log")
             loads.append(load)
@@ -159,7 +175,46 @@ def run(
     finally:
         if load is not None:
             load.stop()
+        if listener is not None:
+            listener.stop()
         net.close()
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise typer.BadParameter("use HOST:PORT, e.g. 127.0.0.1:8080", param_hint="--http")
+    return host, int(port)
+
+
+class _HttpListener:
+    """The portal and the API of a network node, served by uvicorn on a thread of the node's
+    process (they share its workspace: one store, one folder lock)."""
+
+    def __init__(self, net: NetworkNode, host: str, port: int) -> None:
+        import uvicorn
+
+        from rekam.service.network import cluster_view
+        from rekam.service.tokens import TokenStore
+        from rekam.web.dispatch import node_app
+
+        self.tokens = TokenStore(net.root)
+        self.app = node_app(net.workspace, self.tokens, network_view=lambda: cluster_view(net.root))
+        # No access log: a query string may hold an identifier (a NIK) being searched for.
+        config = uvicorn.Config(
+            self.app.asgi, host=host, port=port, access_log=False, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        # uvicorn leaves signals alone off the main thread; the node's handlers stay in charge.
+        self.thread = threading.Thread(target=self.server.run, name="rekam-http", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Finish open requests, then close the API's and the portal's resources."""
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.app.close()
+        self.tokens.close()
 
 
 @network_app.command("status")
