@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from rekam.ordering.etcd_local import free_ports
 from rekam.service.network import NetworkNode, cluster_view
+from rekam.service.node import NotOrderedHere
 from rekam.service.tokens import TokenStore
+from rekam.service.workspace import Workspace
 from rekam.web.dispatch import node_app
 from tests.network.harness import network, wait_for
 from tests.web.conftest import csrf_of, login
@@ -93,3 +97,54 @@ def test_network_run_serves_the_portal_and_api_with_http(tmp_path: Path) -> None
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0, (folder / "node.log").read_text("utf-8")
+
+
+def test_a_network_folder_opened_alone_refuses_writes_instead_of_forking(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        folder = next(iter(net.folders.values()))
+        with Workspace.open(folder) as ws:
+            height = ws.node.head.height
+            org = ws.actor(next(iter(ws.org_identities)))
+            with pytest.raises(NotOrderedHere):
+                ws.admin.enrol_member(org, "doctor", "kata-sandi-dokter-1")
+            # The same write again gets the same clear refusal (nothing was left queued).
+            with pytest.raises(NotOrderedHere):
+                ws.admin.enrol_member(org, "doctor", "kata-sandi-dokter-1")
+            assert ws.node.head.height == height  # no block of its own
+
+
+def test_cli_writes_on_a_stopped_network_node_go_through_the_network(tmp_path: Path) -> None:
+    with network(tmp_path) as net:
+        folders = list(net.folders.values())
+        org = folders[0].name
+        env = {**os.environ, "NEW_PASSPHRASE": "kata-sandi-admin-2"}
+        command = [sys.executable, "-m", "rekam.cli.main", "member", "enrol", "-d", str(folders[0])]
+        command += ["--as", org, "--new-passphrase-env", "NEW_PASSPHRASE", "--role"]
+        with NetworkNode.open(folders[1]) as other:  # another organisation's running node
+            out = subprocess.run(
+                [*command, "admin"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+                check=False,
+            )
+            assert out.returncode == 0, out.stdout + out.stderr
+            member = out.stdout.split()[1]  # "member <id> enrolled as admin in tx ..."
+            # Ordered through etcd: the other node committed the enrolment too.
+            wait_for(
+                lambda: other.workspace.node.store.get("member", member) is not None,
+                30,
+                "the enrolment at the other node",
+            )
+        # While a node runs, its folder is locked: the CLI says what to do instead.
+        with NetworkNode.open(folders[0]):
+            out = subprocess.run(
+                [*command, "doctor"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+                check=False,
+            )
+            assert out.returncode == 1 and "the node is running" in out.stderr

@@ -103,7 +103,7 @@ def record_write(
     from rekam.cli.main import _workspace, console
 
     data = _load_resource(resource)
-    with _workspace(data_dir) as ws:
+    with _workspace(data_dir, writes=True) as ws:
         actor = resolve_actor(ws, who, passphrase_env)
         result = ws.records.write(actor, data, patient=patient, record=record)
     console.print(f"record {result.record} version {result.version} committed in tx {result.tx_id}")
@@ -123,7 +123,7 @@ def record_read(
     """Read a record: the access is checked and committed to the chain before content is shown."""
     from rekam.cli.main import _workspace, err
 
-    with _workspace(data_dir) as ws:
+    with _workspace(data_dir, writes=True) as ws:
         actor = resolve_actor(ws, who, passphrase_env)
         if actor.kind == "patient" and purpose == "treatment":
             purpose = "own"
@@ -140,7 +140,7 @@ def record_list(
     """List a patient's records (metadata only; no content, no audit event)."""
     from rekam.cli.main import _when, _workspace, console
 
-    with _workspace(data_dir) as ws:
+    with _workspace(data_dir, writes=True) as ws:
         rows = ws.records.for_patient(patient)
     for key, row in rows:
         state = "erased" if row["erased"] else f"v{row['version']}"
@@ -163,7 +163,7 @@ def record_erase(
     """Erase a record: its content and keys are destroyed; the chain keeps a tombstone."""
     from rekam.cli.main import _workspace, console
 
-    with _workspace(data_dir) as ws:
+    with _workspace(data_dir, writes=True) as ws:
         result = ws.records.erase(resolve_actor(ws, who, passphrase_env), record, reason)
     console.print(f"record {record} erased in tx {result.tx_id}")
 
@@ -178,7 +178,7 @@ def record_dispense(
     """A pharmacist dispenses a prescription the patient shared with the pharmacy."""
     from rekam.cli.main import _workspace, console
 
-    with _workspace(data_dir) as ws:
+    with _workspace(data_dir, writes=True) as ws:
         result, _ = ws.records.dispense(resolve_actor(ws, who, passphrase_env), prescription)
     console.print(f"prescription {prescription} dispensed in tx {result.tx_id}")
 
@@ -202,7 +202,7 @@ def consent_grant(
     """Grant a member or organisation access to a patient's records (patient or home clinic)."""
     from rekam.cli.main import _workspace, console
 
-    with _workspace(data_dir) as ws:
+    with _workspace(data_dir, writes=True) as ws:
         actor = resolve_actor(ws, who, passphrase_env)
         grant = ws.consent.grant(
             actor,
@@ -225,7 +225,7 @@ def consent_revoke(
     """Revoke a consent: future reads stop and the grantee's keys are deleted."""
     from rekam.cli.main import _workspace, console
 
-    with _workspace(data_dir) as ws:
+    with _workspace(data_dir, writes=True) as ws:
         result = ws.consent.revoke(resolve_actor(ws, who, passphrase_env), consent)
     console.print(f"consent {consent} revoked in tx {result.tx_id}")
 
@@ -238,7 +238,7 @@ def consent_list(
     """A patient's active consents."""
     from rekam.cli.main import _when, _workspace, console
 
-    with _workspace(data_dir) as ws:
+    with _workspace(data_dir, writes=True) as ws:
         rows = ws.consent.active_for_patient(patient)
     for key, row in rows:
         types = ",".join(row["resource_types"])
@@ -261,7 +261,7 @@ def consent_emergency(
     """Break the glass: time-limited emergency access, audited and visible to the patient."""
     from rekam.cli.main import _workspace, console
 
-    with _workspace(data_dir) as ws:
+    with _workspace(data_dir, writes=True) as ws:
         access, result = ws.consent.emergency(
             resolve_actor(ws, who, passphrase_env), patient, reason, minutes
         )
@@ -291,7 +291,7 @@ def member_enrol(
     """Enrol a member of the acting organisation (org key or an admin) with new keys."""
     from rekam.cli.main import _workspace, console
 
-    with _workspace(data_dir) as ws:
+    with _workspace(data_dir, writes=True) as ws:
         actor = resolve_actor(ws, who, passphrase_env)
         secret = os.environ.get(new_passphrase_env or "") or str(
             typer.prompt("passphrase for the new member", hide_input=True, confirmation_prompt=True)
@@ -310,7 +310,7 @@ def member_revoke(
     """Revoke a member: from now on their signatures and accesses are refused."""
     from rekam.cli.main import _workspace, console
 
-    with _workspace(data_dir) as ws:
+    with _workspace(data_dir, writes=True) as ws:
         result = ws.admin.revoke_member(resolve_actor(ws, who, passphrase_env), member)
     console.print(f"member {member} revoked in tx {result.tx_id}")
 
@@ -331,7 +331,7 @@ def patient_register(
     """Register a patient at the acting organisation under a random pseudonymous id."""
     from rekam.cli.main import _workspace, console
 
-    with _workspace(data_dir) as ws:
+    with _workspace(data_dir, writes=True) as ws:
         actor = resolve_actor(ws, who, passphrase_env)
         secret = os.environ.get(new_passphrase_env or "") or str(
             typer.prompt("passphrase for the patient", hide_input=True, confirmation_prompt=True)
@@ -352,7 +352,7 @@ def keys_rotate(
     """Give a member or patient new keys; content keys held here are re-wrapped to them."""
     from rekam.cli.main import _workspace, console
 
-    with _workspace(data_dir) as ws:
+    with _workspace(data_dir, writes=True) as ws:
         actor = resolve_actor(ws, who, passphrase_env)
         secret = os.environ.get(new_passphrase_env or "") or str(
             typer.prompt("passphrase for the new keys", hide_input=True, confirmation_prompt=True)

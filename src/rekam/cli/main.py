@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +18,9 @@ from rich.table import Table
 
 from rekam.crypto import DecryptionError, SignerError
 from rekam.ledger._errors import LedgerError
-from rekam.service.datadir import DataDirError
+from rekam.service.datadir import DataDir, DataDirError, FolderLock
 from rekam.service.errors import ServiceError
+from rekam.service.node import NodeError
 from rekam.service.ports import StoreError
 from rekam.service.workspace import OrgSpec, Workspace
 
@@ -68,13 +69,34 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 # What a user can cause by bad input; each has a message fit to show as it is.
-USER_ERRORS = (DataDirError, ServiceError, StoreError, SignerError, LedgerError)
+USER_ERRORS = (DataDirError, ServiceError, StoreError, SignerError, LedgerError, NodeError)
+
+
+def _open(data_dir: Path, writes: bool) -> tuple[Workspace, Callable[[], None]]:
+    """The folder's workspace and how to close it. A command that writes to a network
+    node's folder joins the network for its duration (its writes are ordered through etcd
+    like the node's own); anything else opens the folder alone, where writes are refused."""
+    if not (writes and DataDir(data_dir).in_network):
+        ws = Workspace.open(data_dir)
+        return ws, ws.close
+    from rekam.service.network import NetworkNode
+
+    try:
+        with FolderLock(data_dir, wait=False):
+            pass  # free: no node process holds the folder
+    except DataDirError:
+        raise DataDirError(
+            "the node is running (its folder is locked): act through its portal or API "
+            "(`rekam network run --http`), or stop it and repeat the command"
+        ) from None
+    net = NetworkNode.open(data_dir, serve=False)
+    return net.workspace, net.close
 
 
 @contextmanager
-def _workspace(data_dir: Path) -> Iterator[Workspace]:
+def _workspace(data_dir: Path, *, writes: bool = False) -> Iterator[Workspace]:
     try:
-        ws = Workspace.open(data_dir)
+        ws, close = _open(data_dir, writes)
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
     try:
@@ -84,7 +106,7 @@ def _workspace(data_dir: Path) -> Iterator[Workspace]:
     except DecryptionError:
         raise _fail("wrong passphrase, or the keystore is damaged") from None
     finally:
-        ws.close()
+        close()
 
 
 def _progress_bar(label: str, target: Console, disable: bool = False) -> Progress:

@@ -43,6 +43,10 @@ class NodeError(Exception):
     """Root of the node's own errors."""
 
 
+class NotOrderedHere(NodeError):
+    """A write on a network node's folder opened outside the node: it would fork the chain."""
+
+
 class NotCommittedError(NodeError):
     """A transaction was not committed in time, or its block could not be stored."""
 
@@ -146,7 +150,18 @@ class Node:
             return future  # already queued: the same commit answers both
         if self._orderer is None:
             raise NodeError("this node has no orderer attached")
-        self._orderer.submit(tx)
+        try:
+            self._orderer.submit(tx)
+        except BaseException as exc:
+            # Nothing was queued: whoever waits on this transaction learns it now, and a
+            # later submission of the same transaction is not mistaken for a queued one.
+            with self._waiters_lock:
+                waiters = self._waiters.pop(tx.tx_id, [])
+                self._attachments.pop(tx.tx_id, None)
+            for waiter in waiters:
+                if waiter is not future:
+                    waiter.set_exception(exc)
+            raise
         return future
 
     def submit_wait(

@@ -18,7 +18,7 @@ from rekam.blobs import DirectoryBlobStore
 from rekam.crypto import Identity, Signer, load_identity
 from rekam.encoding import b64e
 from rekam.ledger.block import Genesis, genesis_block
-from rekam.ledger.tx import ORG_KINDS, id_kind, make_tx
+from rekam.ledger.tx import ORG_KINDS, Transaction, id_kind, make_tx
 from rekam.ledger.validate import TxResult, genesis_delta
 from rekam.ordering.solo import SoloOrderer
 from rekam.service.admin import AdminService
@@ -26,7 +26,7 @@ from rekam.service.audit import AuditService
 from rekam.service.consent import ConsentService
 from rekam.service.datadir import CONFIG_FORMAT, DataDir, DataDirError, FolderLock
 from rekam.service.errors import RejectedError
-from rekam.service.node import Node, now_ms
+from rekam.service.node import Node, NotOrderedHere, now_ms
 from rekam.service.patient_index import PatientIndex
 from rekam.service.ports import Orderer
 from rekam.service.records import RecordService
@@ -62,6 +62,23 @@ class OrgSpec:
             )
         if self.kind not in ORG_KINDS:
             raise DataDirError(f"organisation kind must be one of {', '.join(ORG_KINDS)}")
+
+
+class _RefusingOrderer:
+    """The orderer of a network node's folder opened without the network (to read, verify
+    or inspect it): every write is refused. A solo orderer here would cut blocks of its own
+    and fork this node away from the chain the network ordered."""
+
+    def submit(self, tx: Transaction) -> None:
+        """Refuse: writes on a network node are ordered through etcd by the node itself."""
+        raise NotOrderedHere(
+            "this folder is a node of an etcd-ordered network; write through the network "
+            "(stop `rekam network run` and repeat the command, or use the running node's "
+            "portal and API)"
+        )
+
+    def close(self) -> None:
+        """Nothing to stop."""
 
 
 class Workspace:
@@ -179,6 +196,8 @@ class Workspace:
             orderer: Orderer
             if orderer_factory is not None:
                 orderer = orderer_factory(node, orderer_id, orgs[orderer_id].signer)
+            elif datadir.in_network:
+                orderer = _RefusingOrderer()
             else:
                 orderer = SoloOrderer(
                     node.cut,
