@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from rekam.ledger.tx import id_kind
 from rekam.service.errors import InvalidContentError, NotFoundError
+from rekam.service.ports import ChainStore
 
 if TYPE_CHECKING:
     from rekam.service.workspace import Workspace
@@ -141,38 +142,11 @@ class AuditService:
         store = self.ws.node.store
         if store.get("patient", patient) is None:
             raise NotFoundError("unknown patient")
-        labels = self.ws.datadir.labels()
-        entries = []
         rows = store.query("event", {"patient": patient}, order_by="time")
         # Events of one block share its time; the chain position is the true order.
-        position = {}
-        for tx_id, _ in rows:
-            stored = store.get_tx(tx_id)
-            position[tx_id] = (stored.height, stored.index) if stored else (0, 0)
+        position = _chain_positions(store, rows)
         rows.sort(key=lambda item: position[item[0]])
-        for tx_id, row in rows:
-            record = store.get("record", row["record"]) if row["record"] else None
-            actor = row["actor"]
-            label = "the patient" if actor == patient else labels.get(actor, actor)
-            entries.append(
-                AuditEntry(
-                    tx_id=tx_id,
-                    time=row["time"],
-                    kind=row["kind"],
-                    actor=actor,
-                    actor_label=label,
-                    actor_org=row["actor_org"],
-                    record=row["record"],
-                    resource_type=record["resource_type"] if record else None,
-                    version=row["version"],
-                    allowed=row["allowed"],
-                    basis=row["basis"],
-                    basis_ref=row["basis_ref"],
-                    purpose=row["purpose"],
-                    patient=patient,
-                )
-            )
-        return entries
+        return _entries(store, rows, self.ws.datadir.labels())
 
     def search(self, where: EventFilter, page: int = 1, page_size: int = PAGE_SIZE) -> EventPage:
         """Events matching ``where``, newest first, one page of them.
@@ -204,33 +178,47 @@ class AuditService:
         # Newest first; events of one block share its time, so the chain position decides.
         rows.reverse()
         chunk = rows[(page - 1) * page_size : page * page_size]
-        position = {}
-        for tx_id, _ in chunk:
-            stored = store.get_tx(tx_id)
-            position[tx_id] = (stored.height, stored.index) if stored else (0, 0)
+        position = _chain_positions(store, chunk)
         chunk.sort(key=lambda item: (item[1]["time"], position[item[0]]), reverse=True)
-        labels = self.ws.datadir.labels()
-        entries = []
-        for tx_id, row in chunk:
-            record = store.get("record", row["record"]) if row["record"] else None
-            entries.append(
-                AuditEntry(
-                    tx_id=tx_id,
-                    time=row["time"],
-                    kind=row["kind"],
-                    actor=row["actor"],
-                    actor_label="the patient"
-                    if row["actor"] == row["patient"]
-                    else labels.get(row["actor"], row["actor"]),
-                    actor_org=row["actor_org"],
-                    record=row["record"],
-                    resource_type=record["resource_type"] if record else None,
-                    version=row["version"],
-                    allowed=row["allowed"],
-                    basis=row["basis"],
-                    basis_ref=row["basis_ref"],
-                    purpose=row["purpose"],
-                    patient=row["patient"],
-                )
-            )
+        entries = _entries(store, chunk, self.ws.datadir.labels())
         return EventPage(entries, page, pages, total)
+
+
+def _chain_positions(
+    store: ChainStore, rows: list[tuple[str, dict[str, Any]]]
+) -> dict[str, tuple[int, int]]:
+    """Each event's (height, index) in the chain, by its transaction id."""
+    position = {}
+    for tx_id, _ in rows:
+        stored = store.get_tx(tx_id)
+        position[tx_id] = (stored.height, stored.index) if stored else (0, 0)
+    return position
+
+
+def _entries(
+    store: ChainStore, rows: list[tuple[str, dict[str, Any]]], labels: dict[str, str]
+) -> list[AuditEntry]:
+    """Event rows as entries, with actors' display labels and the records' types."""
+    entries = []
+    for tx_id, row in rows:
+        record = store.get("record", row["record"]) if row["record"] else None
+        actor = row["actor"]
+        entries.append(
+            AuditEntry(
+                tx_id=tx_id,
+                time=row["time"],
+                kind=row["kind"],
+                actor=actor,
+                actor_label="the patient" if actor == row["patient"] else labels.get(actor, actor),
+                actor_org=row["actor_org"],
+                record=row["record"],
+                resource_type=record["resource_type"] if record else None,
+                version=row["version"],
+                allowed=row["allowed"],
+                basis=row["basis"],
+                basis_ref=row["basis_ref"],
+                purpose=row["purpose"],
+                patient=row["patient"],
+            )
+        )
+    return entries
