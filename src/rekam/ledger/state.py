@@ -250,8 +250,9 @@ class Stacked:
 
     def tx_seen(self, tx_id: str) -> bool:
         """Taken by a pending block, or in the chain below them."""
-        if any(tx_id in d.tx_ids for d in self.deltas):
-            return True
+        for delta in self.deltas:
+            if tx_id in delta.tx_ids:
+                return True
         seen = self._seen.get(tx_id)
         return self.base.tx_seen(tx_id) if seen is None else seen
 
