@@ -16,12 +16,12 @@ along onto the chain.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from rekam.crypto import Signer
@@ -309,18 +309,15 @@ class Transaction:
     tx_id: str
     signed_message: bytes
 
-    # type and signer are read several times per transaction by the rules: computed once
-    # (cached_property stores into the instance dict, which a frozen dataclass allows).
+    #: The transaction type, e.g. ``record.write``.
+    type: str = dataclasses.field(init=False, repr=False, compare=False)
+    #: The id of the principal that authored and first signed the transaction.
+    signer: str = dataclasses.field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def type(self) -> str:
-        """The transaction type, e.g. ``record.write``."""
-        return str(self.tx["type"])
-
-    @cached_property
-    def signer(self) -> str:
-        """The id of the principal that authored and first signed the transaction."""
-        return str(self.tx["signer"])
+    def __post_init__(self) -> None:
+        # Plain attributes, set once: the rules read both several times per transaction.
+        object.__setattr__(self, "type", str(self.tx["type"]))
+        object.__setattr__(self, "signer", str(self.tx["signer"]))
 
     @property
     def created(self) -> int:
