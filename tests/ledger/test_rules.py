@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from rekam.crypto import Ed25519Signer
 from rekam.encoding import b64e, canonical
 from rekam.ledger._errors import InvalidBlockError
-from rekam.ledger.block import cut_block
+from rekam.ledger.block import Block, cut_block
 from rekam.ledger.tx import RESOURCE_TYPES, make_tx, new_id, sign_tx, unsigned_tx
 from rekam.ledger.validate import apply_block, replay
 
@@ -310,6 +310,35 @@ def test_block_level_failures(sim: LedgerSim) -> None:
     ):
         with pytest.raises(InvalidBlockError, match=message):
             apply_block(sim.state, sim.genesis, head, block, orgs)
+
+
+def test_own_root_skips_only_the_merkle_root(sim: LedgerSim) -> None:
+    """A node passes own_root for blocks it cut itself; every other block check still runs,
+    and without own_root a header whose root does not match the transactions is refused."""
+    doctor = sim.enrol("clinic-a", "doctor")
+    tx = sim.tx("clinic-a", "member.revoke", {"member": doctor})
+    network = sim.genesis.network_id
+    signer = sim.keys["clinic-a"].signer
+    head = sim.head
+    orgs = list(sim.state.tables["org"])
+    good = cut_block(network, head.height + 1, head.hash, sim.time, [tx], "clinic-a", signer)
+    # The same header (same root, same signature) over other transaction bytes.
+    other = Block(good.header, good.signature, (tx.raw + b" ",))
+    with pytest.raises(InvalidBlockError, match="Merkle root does not match"):
+        apply_block(sim.state, sim.genesis, head, other, orgs)
+    forged = cut_block(
+        network, head.height + 1, head.hash, sim.time, [tx], "clinic-a", sim.keys["clinic-b"].signer
+    )
+    wrong_height = cut_block(
+        network, head.height + 2, head.hash, sim.time, [tx], "clinic-a", signer
+    )
+    for block, message in ((forged, "signature"), (wrong_height, "expected height")):
+        with pytest.raises(InvalidBlockError, match=message):
+            apply_block(sim.state, sim.genesis, head, block, orgs, own_root=True)
+    trusted = apply_block(sim.state, sim.genesis, head, good, orgs, own_root=True)
+    checked = apply_block(sim.state, sim.genesis, head, good, orgs)
+    assert trusted.results == checked.results
+    assert list(trusted.delta.rows()) == list(checked.delta.rows())
 
 
 def test_replay_reproduces_state(sim: LedgerSim) -> None:

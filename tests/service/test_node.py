@@ -11,7 +11,7 @@ import pytest
 
 from rekam.encoding import b64e
 from rekam.ledger._errors import InvalidBlockError
-from rekam.ledger.block import cut_block
+from rekam.ledger.block import Block, cut_block
 from rekam.ledger.tx import Transaction, make_tx, new_id
 from rekam.service.node import NotCommittedError
 from rekam.service.ports import StoreError
@@ -127,6 +127,30 @@ def test_a_refused_block_is_reported_and_the_node_goes_on(ws: Workspace) -> None
     assert node.head == head
     results = [f.result(30) for f in node.submit_many(_enrol_and_register(ws))]
     assert all(r.valid for r in results)
+    assert verify_chain(node.store, ws.genesis, node.blobs).ok
+
+
+def test_a_delivered_block_has_its_merkle_root_checked(ws: Workspace) -> None:
+    # Only blocks the node cuts itself skip the second root computation; a delivered one
+    # (from a network's orderer, say) is checked in full.
+    node = ws.node
+    head = node.head
+    org = ws.actor("klinik-a")
+    enrol, register = _enrol_and_register(ws)
+    good = cut_block(
+        node.network_id,
+        head.height + 1,
+        head.hash,
+        node.clock(),
+        [enrol],
+        "klinik-a",
+        org.identity.signer,
+    )
+    swapped = Block(good.header, good.signature, (register.raw,))
+    with pytest.raises(InvalidBlockError, match="Merkle root does not match"):
+        node.commit(swapped, timeout=30)
+    assert node.head == head
+    assert node.commit(good, timeout=30).results[0].valid
     assert verify_chain(node.store, ws.genesis, node.blobs).ok
 
 

@@ -28,7 +28,7 @@ from store_helpers import (
 from rekam.ledger.block import Block, Checkpoint
 from rekam.ledger.state import TABLES, Delta, MemoryState
 from rekam.service.ports import ConflictError, StoreError, TxRecord
-from rekam.storage import MAX_PARAMS, SqlChainStore
+from rekam.storage import MAX_PARAMS, SqlChainStore, migrations
 
 Factory = Callable[[], SqlChainStore]
 
@@ -92,7 +92,7 @@ def test_initialise_stores_genesis(open_stores: Factory) -> None:
     assert store.get_tx("genesis") is None
     assert store.tx_seen(genesis_id)
     assert store.network_id() == NETWORK
-    assert store.schema_version() == 1
+    assert store.schema_version() == migrations.SCHEMA_VERSION
     store.close()
 
     again = open_stores()

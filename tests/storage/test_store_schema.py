@@ -61,7 +61,10 @@ def test_tables_follow_the_ledger_spec(store: SqlChainStore, store_url: str) -> 
         assert insp.get_pk_constraint("txs")["constrained_columns"] == ["height", "idx"]
     finally:
         engine.dispose()
-    assert _meta(store_url) == {"schema_version": "1", "network": genesis().header["network"]}
+    assert _meta(store_url) == {
+        "schema_version": str(migrations.SCHEMA_VERSION),
+        "network": genesis().header["network"],
+    }
 
 
 def test_sqlite_settings(tmp_path: Path) -> None:
@@ -85,7 +88,7 @@ def test_a_newer_store_is_refused(open_stores: Factory, store_url: str) -> None:
         open_store(store_url)
     message = str(caught.value)
     assert "schema version 7" in message
-    assert "understands up to 1" in message
+    assert f"understands up to {migrations.SCHEMA_VERSION}" in message
     assert "upgrade Rekam" in message
 
 
@@ -124,6 +127,7 @@ def test_a_foreign_database_is_refused(store_url: str, statements: list[str], re
 def test_migrations_run_in_order_once(
     open_stores: Factory, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", 1)  # a store written at version 1
     first = open_stores()
     g = genesis()
     first.initialise(g)
@@ -158,6 +162,7 @@ def test_migrations_run_in_order_once(
 def test_a_faked_older_store_is_upgraded(
     open_stores: Factory, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", 1)
     store = open_stores()
     g = genesis()
     store.initialise(g, make_delta(("org", "clinic-a", row("org", 1))))
@@ -176,6 +181,7 @@ def test_a_faked_older_store_is_upgraded(
 def test_a_failed_migration_changes_nothing(
     open_stores: Factory, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", 1)
     open_stores().initialise(genesis())
 
     def to_2(conn: Connection) -> None:
@@ -199,6 +205,7 @@ def test_a_failed_migration_changes_nothing(
 def test_a_missing_step_refuses_before_touching_anything(
     open_stores: Factory, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(migrations, "SCHEMA_VERSION", 1)
     open_stores().initialise(genesis())
     ran: list[int] = []
     monkeypatch.setattr(migrations, "SCHEMA_VERSION", 3)
@@ -207,6 +214,40 @@ def test_a_missing_step_refuses_before_touching_anything(
         open_store(store_url)
     assert ran == []
     assert _meta(store_url)["schema_version"] == "1"
+
+
+def test_a_version_1_store_is_upgraded_to_2(open_stores: Factory, store_url: str) -> None:
+    # A store as Rekam wrote it at version 1: the same tables plus two indexes no query uses.
+    store = open_stores()
+    g = genesis()
+    store.initialise(g, make_delta(("record_version", "r-1@1", row("record_version", 1))))
+    store.close()
+    _raw(
+        store_url,
+        "CREATE INDEX ix_state_record_version_patient ON state_record_version (patient)",
+        "CREATE INDEX ix_state_event_record ON state_event (record)",
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+    )
+    upgraded = open_stores()
+    assert upgraded.schema_version() == 2
+    assert _meta(store_url)["schema_version"] == "2"
+    assert upgraded.head() == (0, g.hash)
+    assert upgraded.get("record_version", "r-1@1") == row("record_version", 1)
+    engine = create_engine(store_url)
+    try:
+        insp = inspect(engine)
+        for table in ("state_record_version", "state_event"):
+            names = {ix["name"] for ix in insp.get_indexes(table)}
+            assert not names & set(migrations.UNUSED_V1_INDEXES), table
+        # The indexes the service's queries use are still there.
+        assert {tuple(ix["column_names"]) for ix in insp.get_indexes("state_event")} == {
+            ("patient", "time")
+        }
+        assert {tuple(ix["column_names"]) for ix in insp.get_indexes("state_record_version")} == {
+            ("record",)
+        }
+    finally:
+        engine.dispose()
 
 
 def test_a_new_store_is_created_at_the_current_version(

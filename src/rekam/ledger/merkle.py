@@ -56,8 +56,28 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 def root_from_leaf_hashes(leaf_hashes: Sequence[bytes]) -> bytes:
-    """Return the Merkle tree hash (MTH) of a list of leaf hashes, in O(n) without recursion."""
-    return MerkleLog(_check_sequence(leaf_hashes, "leaf hashes")).root()
+    """Return the Merkle tree hash (MTH) of a list of leaf hashes, in O(n) without recursion.
+
+    Level by level: adjacent pairs are hashed and an odd last node moves up unchanged. That
+    is the RFC's split at the largest power of two (every left subtree complete, only the
+    right edge ragged), without a ``MerkleLog``'s bookkeeping: every block header's root is
+    computed this way, on the commit and verify paths.
+    """
+    level = list(_check_sequence(leaf_hashes, "leaf hashes"))
+    for i, h in enumerate(level):
+        if type(h) is not bytes or len(h) != _HASH_SIZE:
+            _check_hash(h, f"leaf hash {i}")
+    if not level:
+        return _EMPTY_ROOT
+    sha256 = hashlib.sha256
+    while len(level) > 1:
+        pairs = [
+            sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            pairs.append(level[-1])
+        level = pairs
+    return bytes(level[0])
 
 
 def merkle_root(leaves: Sequence[bytes]) -> bytes:

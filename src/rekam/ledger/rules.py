@@ -114,9 +114,25 @@ def authenticate(
     for ok, signature in zip(sig_ok, tx.signatures, strict=True):
         if not ok:
             raise Reject("bad_signature")
-        if principal_key(st, signature.by, time) != b64e(signature.key):
+        if principal_key(st, signature.by, time) != _key_text(signature.key):
             raise Reject("key_mismatch")
     return [s.by for s in tx.signatures]
+
+
+# Public keys as stored in state (base64url) by their bytes: a signer's key is encoded once,
+# not once per transaction. Bounded, cleared when full.
+_KEY_TEXT: dict[bytes, str] = {}
+_KEY_TEXT_LIMIT = 4096
+
+
+def _key_text(key: bytes) -> str:
+    text = _KEY_TEXT.get(key)
+    if text is None:
+        text = b64e(key)
+        if len(_KEY_TEXT) >= _KEY_TEXT_LIMIT:
+            _KEY_TEXT.clear()
+        _KEY_TEXT[bytes(key)] = text
+    return text
 
 
 def _member_of(st: StateReader, signer: str, org: str, roles: frozenset[str], time: int) -> bool:
@@ -160,17 +176,24 @@ def basis_holds(
     basis_ref: str | None,
     purpose: str,
     time: int,
+    *,
+    member: Row | None = None,
 ) -> str | None:
-    """None when ``basis`` lets ``accessor`` act on the patient's data now, else a reason code."""
+    """None when ``basis`` lets ``accessor`` act on the patient's data now, else a reason code.
+
+    ``member`` may pass ``active_member(st, accessor, time)`` when the caller has it already
+    (same state, same time), to spare reading it again.
+    """
     if basis == "own":
         ok = accessor == patient_id and basis_ref is None and purpose == "own"
         return None if ok else "no_basis"
     if id_kind(accessor) != "member":
         return "no_basis"
-    try:
-        member = active_member(st, accessor, time)
-    except Reject as rejected:
-        return rejected.code
+    if member is None:
+        try:
+            member = active_member(st, accessor, time)
+        except Reject as rejected:
+            return rejected.code
     if member["role"] in NO_READ_ROLES:
         return "no_basis"
     # Clinical staff see clinical content; registration staff only the Patient resource.
@@ -393,7 +416,8 @@ def patient_register(st: StateReader, ctx: Context, tx: Transaction) -> list[Wri
 def record_write(st: StateReader, ctx: Context, tx: Transaction) -> list[Write]:
     """A member writes a record's first version, or a new version superseding the head."""
     b = tx.body
-    member = active_member(st, tx.signer, ctx.time) if id_kind(tx.signer) == "member" else None
+    signer = tx.signer
+    member = active_member(st, signer, ctx.time) if id_kind(signer) == "member" else None
     if member is None:
         raise Reject("not_authorised")
     if b["resource_type"] not in ROLE_WRITES.get(member["role"], frozenset()):
@@ -419,7 +443,7 @@ def record_write(st: StateReader, ctx: Context, tx: Transaction) -> list[Write]:
             purpose = consent["purpose"]
     problem = basis_holds(
         st,
-        tx.signer,
+        signer,
         b["patient"],
         patient,
         record,
@@ -428,6 +452,7 @@ def record_write(st: StateReader, ctx: Context, tx: Transaction) -> list[Write]:
         b["basis_ref"],
         purpose,
         ctx.time,
+        member=member,  # the signer's row, read above at the same time
     )
     if problem is not None:
         raise Reject(problem)
@@ -798,19 +823,32 @@ _ROW_FIELDS: dict[str, tuple[tuple[str, str | None], ...]] = {
 }
 
 
+# Types whose rule reads one version of a record.
+_VERSION_READS = frozenset({"record.write", "access.read"})
+
+
 def state_keys(tx: Transaction) -> dict[str, set[str]]:
     """The state rows a transaction's rule may read, so a store can prefetch them in bulk."""
-    b = tx.body
     wanted: dict[str, set[str]] = {}
-    for principal in {tx.signer, *(s.by for s in tx.signatures)}:
-        wanted.setdefault(str(id_kind(principal)), set()).add(principal)
-    for field, table in _ROW_FIELDS[tx.type]:
+    add_state_keys(tx, wanted)
+    return wanted
+
+
+def add_state_keys(tx: Transaction, wanted: dict[str, set[str]]) -> None:
+    """Add the rows ``state_keys`` names for ``tx`` to ``wanted`` (a block's keys at once)."""
+    b = tx.body
+    tx_type = tx.type
+    signer = tx.signer
+    wanted.setdefault(str(id_kind(signer)), set()).add(signer)
+    for signature in tx.signatures:
+        if signature.by != signer:
+            wanted.setdefault(str(id_kind(signature.by)), set()).add(signature.by)
+    for field, table in _ROW_FIELDS[tx_type]:
         value = b[field]
         if value is not None:
             wanted.setdefault(table or str(id_kind(value)), set()).add(value)
-    if tx.type in ("record.write", "access.read"):
+    if tx_type in _VERSION_READS:
         wanted.setdefault("record_version", set()).add(f"{b['record']}@{b['version']}")
-    return wanted
 
 
 def apply_rule(

@@ -196,19 +196,21 @@ class Overlay:
     def __init__(self, base: StateReader, delta: Delta) -> None:
         self.base = base
         self.delta = delta
-        # The base does not change while a block is applied, so its answers are memoised:
-        # the rules ask for the same member and organisation rows several times per tx.
-        self._read: dict[tuple[str, str], Row | None] = {}
+        # The base does not change while a block is applied, so its answers are memoised,
+        # by table then key: the rules ask for the same member and organisation rows several
+        # times per tx.
+        self._read: dict[str, dict[str, Row | None]] = {t.name: {} for t in TABLES}
 
     def get(self, table: str, key: str) -> Row | None:
         """The pending row if this block wrote one, else the base row."""
         row = self.delta.tables[table].get(key)
         if row is not None:
             return row
+        memo = self._read[table]
         try:
-            return self._read[(table, key)]
+            return memo[key]
         except KeyError:
-            base = self._read[(table, key)] = self.base.get(table, key)
+            base = memo[key] = self.base.get(table, key)
             return base
 
     def tx_seen(self, tx_id: str) -> bool:
@@ -248,8 +250,9 @@ class Stacked:
 
     def tx_seen(self, tx_id: str) -> bool:
         """Taken by a pending block, or in the chain below them."""
-        if any(tx_id in d.tx_ids for d in self.deltas):
-            return True
+        for delta in self.deltas:
+            if tx_id in delta.tx_ids:
+                return True
         seen = self._seen.get(tx_id)
         return self.base.tx_seen(tx_id) if seen is None else seen
 

@@ -16,6 +16,7 @@ along onto the chain.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import secrets
@@ -79,13 +80,30 @@ def id_kind(value: object) -> str | None:
     that is a lowercase slug is an organisation. A slug shaped like a random id is therefore
     never an organisation, so the two can never be confused.
     """
-    if not isinstance(value, str):
-        return None
+    if type(value) is str:
+        # The rules ask about the same few principals several times per transaction.
+        # "" is never a kind: it marks a string not looked at yet (one lookup, so another
+        # thread clearing the table in between does no harm).
+        kind = _KINDS.get(value, "")
+        if kind == "":
+            if len(_KINDS) >= _KINDS_LIMIT:
+                _KINDS.clear()
+            kind = _KINDS[value] = _id_kind(value)
+        return kind
+    return _id_kind(value) if isinstance(value, str) else None
+
+
+def _id_kind(value: str) -> str | None:
     if len(value) == 34 and value[1] == "-" and _ID_BODY.fullmatch(value, 2):
         return _ID_PREFIX.get(value[0])
     if ORG_RE.fullmatch(value):
         return "org"
     return None
+
+
+# Answers of id_kind by string (a pure function of it); bounded, cleared when full.
+_KINDS: dict[str, str | None] = {}
+_KINDS_LIMIT = 65_536
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,15 +309,15 @@ class Transaction:
     tx_id: str
     signed_message: bytes
 
-    @property
-    def type(self) -> str:
-        """The transaction type, e.g. ``record.write``."""
-        return str(self.tx["type"])
+    #: The transaction type, e.g. ``record.write``.
+    type: str = dataclasses.field(init=False, repr=False, compare=False)
+    #: The id of the principal that authored and first signed the transaction.
+    signer: str = dataclasses.field(init=False, repr=False, compare=False)
 
-    @property
-    def signer(self) -> str:
-        """The id of the principal that authored and first signed the transaction."""
-        return str(self.tx["signer"])
+    def __post_init__(self) -> None:
+        # Plain attributes, set once: the rules read both several times per transaction.
+        object.__setattr__(self, "type", str(self.tx["type"]))
+        object.__setattr__(self, "signer", str(self.tx["signer"]))
 
     @property
     def created(self) -> int:

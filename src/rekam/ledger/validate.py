@@ -16,7 +16,7 @@ from rekam.crypto import verify_many, verify_signature
 from rekam.encoding import b64d
 from rekam.ledger._errors import InvalidBlockError, MalformedError
 from rekam.ledger.block import ZERO_HASH, Block, Genesis, check_header, genesis_block, tx_root
-from rekam.ledger.rules import Context, Reject, apply_rule, authenticate, state_keys
+from rekam.ledger.rules import Context, Reject, add_state_keys, apply_rule, authenticate
 from rekam.ledger.state import Delta, MemoryState, Overlay, Prefetching, StateReader
 from rekam.ledger.tx import Transaction
 
@@ -70,8 +70,15 @@ def genesis_delta(genesis: Genesis) -> Delta:
     return delta
 
 
-def check_block(st: StateReader, genesis: Genesis, head: ChainHead, block: Block) -> None:
-    """Raise InvalidBlockError unless the block may extend ``head`` (link, root, signature)."""
+def check_block(
+    st: StateReader, genesis: Genesis, head: ChainHead, block: Block, *, own_root: bool = False
+) -> None:
+    """Raise InvalidBlockError unless the block may extend ``head`` (link, root, signature).
+
+    ``own_root``: the caller computed the header's Merkle root from ``block.txs`` itself (it
+    cut the block), so the root is not computed a second time. Every other check still runs;
+    a block from anywhere else must be checked with the default, False.
+    """
     try:
         check_header(block.header)
     except MalformedError as exc:
@@ -88,7 +95,7 @@ def check_block(st: StateReader, genesis: Genesis, head: ChainHead, block: Block
         raise InvalidBlockError(f"block {block.height}: tx_count does not match")
     if len(block.txs) > genesis.policy["max_block_txs"]:
         raise InvalidBlockError(f"block {block.height}: too many transactions")
-    if tx_root(block.txs) != block.header["tx_root"]:
+    if not own_root and tx_root(block.txs) != block.header["tx_root"]:
         raise InvalidBlockError(f"block {block.height}: Merkle root does not match")
     if block.orderer not in genesis.orderers:
         raise InvalidBlockError(f"block {block.height}: {block.orderer} is not an orderer")
@@ -138,22 +145,23 @@ def apply_block(
     *,
     txs: Sequence[Transaction | None] | None = None,
     sig_ok: Sequence[tuple[bool, ...]] | None = None,
+    own_root: bool = False,
 ) -> BlockResult:
     """Validate a block against state and return each transaction's result and the writes.
 
     ``txs`` and ``sig_ok`` may be passed when already computed (a verifier decodes and checks
     signatures of many blocks in parallel); they must be exactly what ``decode_all`` and
-    ``check_signatures`` return for this block.
+    ``check_signatures`` return for this block. ``own_root`` is ``check_block``'s: only for
+    a block the caller cut itself.
     """
-    check_block(st, genesis, head, block)
+    check_block(st, genesis, head, block, own_root=own_root)
     decoded = decode_all(block.txs) if txs is None else list(txs)
     sigs = check_signatures(decoded) if sig_ok is None else list(sig_ok)
     if isinstance(st, Prefetching):
         wanted: dict[str, set[str]] = {}
         for tx in decoded:
             if tx is not None:
-                for table, keys in state_keys(tx).items():
-                    wanted.setdefault(table, set()).update(keys)
+                add_state_keys(tx, wanted)
         st.prefetch(wanted, [tx.tx_id for tx in decoded if tx is not None])
     ctx = Context(block.height, block.time, genesis.policy, tuple(genesis.orderers))
     delta = Delta()
@@ -161,6 +169,10 @@ def apply_block(
     orgs = list(org_ids)
     results: list[TxResult] = []
     policy = genesis.policy
+    network_id = genesis.network_id
+    block_time = block.time
+    latest = block_time + policy["max_future_ms"]
+    earliest = block_time - policy["max_tx_age_ms"]
     for raw, tx, ok in zip(block.txs, decoded, sigs, strict=True):
         if tx is None:
             results.append(TxResult(hashlib.sha256(raw).hexdigest(), "", False, "malformed", False))
@@ -168,15 +180,16 @@ def apply_block(
         code = "ok"
         authenticated = False
         try:
-            if tx.network != genesis.network_id:
+            if tx.network != network_id:
                 raise Reject("wrong_network")
             if view.tx_seen(tx.tx_id):
                 raise Reject("duplicate")
-            if tx.created > block.time + policy["max_future_ms"]:
+            created = tx.created
+            if created > latest:
                 raise Reject("from_the_future")
-            if tx.created < block.time - policy["max_tx_age_ms"]:
+            if created < earliest:
                 raise Reject("too_old")
-            signers = authenticate(view, tx, ok, block.time)
+            signers = authenticate(view, tx, ok, block_time)
             authenticated = True
             writes = apply_rule(view, ctx, tx, signers, orgs)
         except Reject as rejected:

@@ -80,8 +80,9 @@ class Node:
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="rekam-prepare")
         # Signature checks in worker processes (see rekam.service.workers); 0: on threads.
         self._sigpool = SignaturePool(sig_processes) if sig_processes > 0 else None
+        # (block, its decoded txs and signature verdicts, its outcome, cut by this node)
         self._validate_queue: queue.Queue[
-            tuple[Block, Future[Prepared], Future[BlockResult]] | None
+            tuple[Block, Future[Prepared], Future[BlockResult], bool] | None
         ] = queue.Queue()
         self._store_queue: queue.Queue[tuple[Block, BlockResult, Future[BlockResult]] | None] = (
             queue.Queue()
@@ -218,7 +219,9 @@ class Node:
                 self._orderer_signer,
             )
             self._cut_head = ChainHead(block.height, block.hash, block.time)
-        self.deliver(block, batch)
+        # cut_block computed the header's Merkle root from these very bytes: the validator
+        # need not compute it again (every other check of the block still runs).
+        self._deliver(block, batch, own_root=True)
 
     def deliver(self, block: Block, txs: list[Transaction] | None = None) -> Future[BlockResult]:
         """Queue an ordered block: signatures are checked now, rules when its turn comes.
@@ -226,10 +229,15 @@ class Node:
         The future resolves with the block's result once it is stored, or with the error
         that kept it out of the chain.
         """
+        return self._deliver(block, txs, own_root=False)
+
+    def _deliver(
+        self, block: Block, txs: list[Transaction] | None, *, own_root: bool
+    ) -> Future[BlockResult]:
         self._start_pipeline()
         done: Future[BlockResult] = Future()
         prepared = self._prepare_pool.submit(self._prepare, block, txs)
-        self._validate_queue.put((block, prepared, done))
+        self._validate_queue.put((block, prepared, done, own_root))
         return done
 
     def commit(
@@ -276,7 +284,7 @@ class Node:
             if item is None:
                 self._store_queue.put(None)
                 return
-            block, prepared, done = item
+            block, prepared, done, own_root = item
             with self._pending_lock:
                 if epoch != self._epoch:
                     # First block, or the store refused one: start again from the store.
@@ -293,6 +301,7 @@ class Node:
                     sorted(orgs),
                     txs=decoded,
                     sig_ok=sig_ok,
+                    own_root=own_root,
                 )
             except Exception as exc:
                 log.warning("block %d was refused: %s", block.height, type(exc).__name__)

@@ -1078,9 +1078,12 @@ class SqlChainStore:
             if last is not None:
                 stmt = stmt.where(sql_table.c.key > last)
             with self._lock, self._reading(f"reading {sql_table.name}"):
-                # Plain rows zipped with the known column order: mappings() costs more.
+                # Plain rows zipped with the known column order: mappings() costs more; all()
+                # fetches the chunk in one driver call instead of one call per row.
                 order = codec.order
-                rows = [codec.decode(zip(order, r, strict=True)) for r in self._conn.execute(stmt)]
+                rows = [
+                    codec.decode(zip(order, r, strict=True)) for r in self._conn.execute(stmt).all()
+                ]
             yield from rows
             if len(rows) < _STATE_ROWS_CHUNK:
                 return

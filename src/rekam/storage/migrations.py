@@ -6,13 +6,13 @@ opened: every migration from its version up to ``SCHEMA_VERSION`` runs in order,
 database transaction, and the version in the ``meta`` table moves with them. A store written
 by a newer Rekam is refused.
 
-To change the schema (say to version 2):
+To change the schema (say to version 3):
 
 1. change the tables in ``_schema.py`` (that is what new stores get);
-2. bump ``SCHEMA_VERSION`` to 2;
-3. register the step that brings a version-1 store to the same shape::
+2. bump ``SCHEMA_VERSION`` to 3;
+3. register the step that brings a version-2 store to the same shape::
 
-       @migration(2)
+       @migration(3)
        def _add_something(conn: Connection) -> None:
            conn.execute(text("CREATE INDEX ..."))
 
@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from rekam.service.ports import SchemaVersionError
 
 #: The schema version this Rekam writes and understands.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Migration = Callable[[Connection], None]
 
@@ -71,3 +71,18 @@ def plan(found: int, target: int | None = None) -> list[tuple[int, Migration]]:
             )
         steps.append((version, step))
     return steps
+
+
+# -- the steps -----------------------------------------------------------------------------
+
+#: Indexes a version-1 store has that no query uses (see ``_schema.INDEXED``).
+UNUSED_V1_INDEXES = ("ix_state_record_version_patient", "ix_state_event_record")
+
+
+@migration(2)
+def _drop_unused_indexes(conn: Connection) -> None:
+    """Version 2: drop two indexes that only cost a B-tree insert on every record write."""
+    for name in UNUSED_V1_INDEXES:
+        # IF EXISTS: a store whose index was dropped by hand still upgrades; both SQLite and
+        # PostgreSQL accept it. The names are constants, never input.
+        conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
