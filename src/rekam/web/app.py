@@ -1077,13 +1077,17 @@ def create_portal(
         await call(ws.admin.enrol_member, session.actor, role, password, label=label)
         return redirect("/admin", "enrolled")
 
+    async def other_member_of_own_org(session: WebSession, member: str) -> None:
+        # An admin acts on members of their own organisation, never on themselves.
+        row = await call(ws.node.store.get, "member", member[:80])
+        if row is None or row["org"] != session.org or member == session.actor.id:
+            raise PortalError(403, "forbidden")
+
     @app.post("/admin/members/{member}/revoke")
     async def revoke_member(request: Request, member: str) -> Response:
         session = current(request, "admin")
         await form_of(request, session)
-        row = await call(ws.node.store.get, "member", member[:80])
-        if row is None or row["org"] != session.org or member == session.actor.id:
-            raise PortalError(403, "forbidden")
+        await other_member_of_own_org(session, member)
         await call(ws.admin.revoke_member, session.actor, member)
         return redirect("/admin", "member_revoked")
 
@@ -1091,9 +1095,7 @@ def create_portal(
     async def reset_password(request: Request, member: str) -> Response:
         session = current(request, "admin")
         await form_of(request, session)
-        row = await call(ws.node.store.get, "member", member[:80])
-        if row is None or row["org"] != session.org or member == session.actor.id:
-            raise PortalError(403, "forbidden")
+        await other_member_of_own_org(session, member)
         reset = await call(ws.admin.reset_member_password, session.actor, member)
         # The member's open sessions still hold the old keys: they end now. Their failed
         # logins are forgotten under every name they log in with.
