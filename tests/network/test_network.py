@@ -25,7 +25,7 @@ from rekam.ordering.etcd import EtcdClient
 from rekam.ordering.etcd_local import LocalEtcdCluster, free_ports
 from rekam.records import synthetic
 from rekam.service.datadir import DataDir
-from rekam.service.errors import AccessDenied
+from rekam.service.errors import AccessDenied, ContentUnavailable
 from rekam.service.network import (
     NetworkConfig,
     NetworkNode,
@@ -285,6 +285,65 @@ def test_content_is_refused_to_a_node_without_a_key(tmp_path: Path, etcd: LocalE
         assert wb.node.blobs.get(rec.content_hash) is None
         with pytest.raises(AccessDenied):
             wb.records.read(other, rec.record)
+
+
+class _WrongContent(BaseHTTPRequestHandler):
+    """A peer that answers content requests with other bytes than the chain's."""
+
+    def do_GET(self) -> None:
+        body = json.dumps(
+            {"blob": base64.b64encode(b"not the record").decode(), "keys": []}
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+def test_the_ordinary_read_fetches_content_from_the_authoring_node_and_checks_it(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    folders = _folders(tmp_path, etcd)
+    evil = ThreadingHTTPServer(("127.0.0.1", 0), _WrongContent)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        with (
+            NetworkNode.open(folders["klinik-a"]) as a,
+            NetworkNode.open(folders["klinik-b"], cut_blocks=False) as b,
+        ):
+            wa, wb = a.workspace, b.workspace
+            doctor = wa.actor(wa.admin.enrol_member(wa.actor("klinik-a"), "doctor", "pw").id, "pw")
+            reader = wb.actor(wb.admin.enrol_member(wb.actor("klinik-b"), "doctor", "pw").id, "pw")
+            patient = wa.actor(wa.admin.register_patient(wa.actor("klinik-a"), "pw")[0].id, "pw")
+            resource = synthetic.condition(random.Random(2), patient.id, None, doctor.id)
+            rec = wa.records.write(doctor, resource, patient=patient.id)
+            wa.consent.grant(
+                patient, patient.id, reader.id, resource_types=["*"], purpose="treatment", days=1
+            )
+            assert b.wait_for_height(wa.node.head.height, 20)
+            assert b.local_blobs.get(rec.content_hash) is None
+
+            # A peer answering for klinik-a with other bytes: refused, reported, nothing kept.
+            real = b.config.peers["klinik-a"]
+            b.config.peers["klinik-a"] = f"http://127.0.0.1:{evil.server_address[1]}"
+            with pytest.raises(ContentUnavailable):
+                wb.records.read(reader, rec.record)
+            assert any(x["kind"] == "bad_peer_content" for x in b.alarms)
+            assert b.local_blobs.get(rec.content_hash) is None
+            assert wb.node.store.get_wrapped_key(rec.record, 1, reader.id) is None
+
+            # The ordinary read path fetches it from klinik-a's node, checks it and opens it.
+            b.config.peers["klinik-a"] = real
+            read = wb.records.read(reader, rec.record)
+            assert read.resource == wa.records.read(doctor, rec.record).resource
+            stored = b.local_blobs.get(rec.content_hash)
+            assert stored is not None and hashlib.sha256(stored).hexdigest() == rec.content_hash
+    finally:
+        evil.shutdown()
 
 
 def test_a_new_organisation_needs_a_majority_then_its_node_joins(
