@@ -21,7 +21,7 @@ from rekam.ledger.block import Block, Checkpoint
 from rekam.ledger.tx import Transaction, make_tx
 from rekam.net.auth import sign_request
 from rekam.net.peer import PeerClient, PeerError
-from rekam.ordering.etcd import EtcdClient
+from rekam.ordering.etcd import EtcdClient, prefix_end
 from rekam.ordering.etcd_local import LocalEtcdCluster, free_ports
 from rekam.records import synthetic
 from rekam.service.datadir import DataDir
@@ -285,6 +285,51 @@ def test_content_is_refused_to_a_node_without_a_key(tmp_path: Path, etcd: LocalE
         assert wb.node.blobs.get(rec.content_hash) is None
         with pytest.raises(AccessDenied):
             wb.records.read(other, rec.record)
+
+
+def test_etcd_keeps_checkpoints_and_node_registrations_of_the_window_only(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    folders = _folders(tmp_path, etcd, window=3, checkpoint_every=1)
+    client = EtcdClient(etcd.endpoints)
+    try:
+        with NetworkNode.open(folders["klinik-a"]) as a:
+            assert a.orderer is not None
+            keys = a.orderer.keys
+            # A node that left long ago (its head is far behind) and an unreadable entry.
+            ghost = {"org": "ghost", "url": "http://127.0.0.1:9", "height": 0, "hash": "0"}
+            client.put(keys.nodes + b"ghost", json.dumps(ghost).encode())
+            client.put(keys.nodes + b"junk", b"not json")
+            for _ in range(12):
+                _enrol(a)
+                # Let the node publish each checkpoint before the next block.
+                height = a.workspace.node.head.height
+                wait_for(
+                    lambda h=height: client.get(keys.checkpoint(h, "klinik-a")) is not None,
+                    10,
+                    "the checkpoint in etcd",
+                )
+            head = a.workspace.node.head.height
+            assert head >= 12
+            heights = [
+                int(kv.key[len(keys.checkpoints) :].split(b"/")[0])
+                for kv in client.range(keys.checkpoints, prefix_end(keys.checkpoints))
+            ]
+            # Trimmed every 3 blocks to the last 3: nothing older than two windows is left.
+            assert heights and min(heights) >= head - 6
+            assert client.get(keys.checkpoint(1, "klinik-a")) is None
+            assert client.get(keys.nodes + b"ghost") is None
+            assert client.get(keys.nodes + b"junk") is None
+            # The running node's own registration stays, or comes back at its next publish.
+            wait_for(
+                lambda: client.get(keys.nodes + b"klinik-a") is not None, 10, "the registration"
+            )
+            # Only the last window of blocks is kept, as before.
+            assert client.get(keys.block(1)) is None
+            # Every checkpoint this node signed is still in its own store.
+            assert a.workspace.node.store.latest_checkpoint() is not None
+    finally:
+        client.close()
 
 
 class _WrongContent(BaseHTTPRequestHandler):

@@ -6,8 +6,10 @@ Keys live under ``/rekam/<first 16 hex digits of the network id>/``::
     head                   {"height", "hash", "time"} of the last block ordered
     block/<height, 12 digits>   a block's transport bytes (only a recent window is kept)
     leader                 the organisation cutting blocks now, attached to its lease
-    ckpt/<height>/<org>    an organisation's checkpoint signature (see rekam.service.network)
-    nodes/<org>            a node's peer address and head, attached to its lease
+    ckpt/<height>/<org>    an organisation's checkpoint signature (see rekam.service.network);
+                           only those of the recent window are kept
+    nodes/<org>            a node's peer address and head; dropped once the node's head is
+                           older than the window (a running node registers again at once)
 
 Safety does not come from the election. A block is written only by an etcd transaction that
 compares ``head`` with the value the cutter built on, so exactly one block exists per height
@@ -55,6 +57,9 @@ MIN_TXN_OPS = 1100
 PIPELINE = 2
 # Submissions written together in one etcd transaction.
 SUBMIT_BATCH = 256
+# The cutter drops checkpoint signatures and node registrations older than the window every
+# this many blocks (or every ``window`` blocks when the window is smaller).
+TRIM_EVERY = 50
 
 
 class EtcdError(Exception):
@@ -264,9 +269,19 @@ def op_put(key: bytes, value: bytes, lease: int = 0) -> dict[str, Any]:
     return {"request_put": put}
 
 
+def cmp_mod_revision(key: bytes, revision: int) -> dict[str, Any]:
+    """A txn comparison: the key was last written at ``revision``."""
+    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+
+
 def op_delete(key: bytes) -> dict[str, Any]:
     """A txn operation deleting a key."""
     return {"request_delete_range": {"key": _b64(key)}}
+
+
+def op_delete_range(key: bytes, end: bytes) -> dict[str, Any]:
+    """A txn operation deleting every key from ``key`` up to (excluding) ``end``."""
+    return {"request_delete_range": {"key": _b64(key), "range_end": _b64(end)}}
 
 
 @dataclass(frozen=True)
@@ -337,6 +352,11 @@ class Keys:
     def tx(self, tx_id: str) -> bytes:
         """The pending key of a transaction."""
         return self.pending + tx_id.encode()
+
+    def checkpoint(self, height: int, org: str = "") -> bytes:
+        """The key of an organisation's checkpoint signature (without org: the height's prefix,
+        which sorts after every key of a lower height)."""
+        return self.checkpoints + b"%012d/" % height + org.encode()
 
 
 @dataclass
@@ -741,8 +761,33 @@ class EtcdOrderer:
             self.blocks_cut += 1
             self._last_cut = new_head
             self._inflight[block.height] = {tx.tx_id for tx in fresh}
+            if block.height % max(1, min(TRIM_EVERY, self._window)) == 0:
+                try:
+                    self._trim(block.height)
+                except EtcdError as exc:
+                    log.info("trimming etcd's old keys failed (next time): %s", exc)
             if block.height % 500 == 0:
                 # etcd keeps every overwritten value until compacted; keep a margin of history
                 # so watchers and slow readers are not cut off.
                 self.client.compact(max(1, self.client.revision() - 10_000))
         return len(fresh) if ok else 0
+
+    def _trim(self, height: int) -> None:
+        """Drop checkpoint signatures and node registrations older than the window.
+
+        etcd is not the archive: nodes store the cosigned checkpoints they checked, and a node
+        whose registration goes registers again within a second while it runs (a node down for
+        longer than the window drops out of ``rekam network status`` until it is back).
+        """
+        floor = height - self._window
+        if floor <= 0:
+            return
+        self.client.txn([], [op_delete_range(self.keys.checkpoints, self.keys.checkpoint(floor))])
+        for kv in self.client.range(self.keys.nodes, prefix_end(self.keys.nodes)):
+            try:
+                registered = int(json.loads(kv.value)["height"])
+            except (ValueError, KeyError, TypeError):
+                registered = -1  # unreadable: it helps no one
+            if registered < floor:
+                # Only if the node has not registered again since it was read.
+                self.client.txn([cmp_mod_revision(kv.key, kv.mod_revision)], [op_delete(kv.key)])

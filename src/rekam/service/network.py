@@ -532,9 +532,7 @@ class NetworkNode:
         with self._lock:
             pending, self._to_publish = self._to_publish, []
         for checkpoint in pending:
-            key = (
-                keys.checkpoints + b"%012d/" % checkpoint.body["height"] + self.config.org.encode()
-            )
+            key = keys.checkpoint(checkpoint.body["height"], self.config.org)
             self._etcd_status.put(key, json.dumps(checkpoint.to_json()).encode())
 
     def _compare_checkpoints(self) -> None:
