@@ -755,10 +755,11 @@ class EtcdOrderer:
                     self._stop.wait(self._ttl / 4)
                     continue
                 started = time.monotonic()
+                # Cleared before cutting, so news arriving during the cut is not lost.
+                self._new_pending.clear()
                 cut = self._cut_once()
                 if cut == 0:
                     self._new_pending.wait(self._poll)
-                    self._new_pending.clear()
                 elif cut < self._max_txs:
                     # A batch timeout, as Fabric's orderers have: under a steady trickle, wait
                     # so that the next block gathers more transactions, since every block costs
