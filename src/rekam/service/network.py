@@ -44,6 +44,7 @@ from rekam.encoding import b64d, b64e, canonical
 from rekam.ledger._errors import LedgerError
 from rekam.ledger.block import Block, Checkpoint, Genesis, genesis_block
 from rekam.ledger.merkle import leaf_hash
+from rekam.ledger.state import Fetching
 from rekam.ledger.tx import SIGNING_DOMAIN, Transaction, make_tx, new_id, unsigned_tx
 from rekam.ledger.validate import BlockResult, TxResult, check_block, genesis_delta
 from rekam.net.peer import PeerClient, PeerError, PeerServer
@@ -306,8 +307,16 @@ class NetworkNode:
         return None
 
     def seen(self, tx_ids: Sequence[str]) -> set[str]:
-        """Which transactions the committed chain holds already."""
+        """Which transactions the committed chain holds already.
+
+        Read on the store's second connection, so the cutter does not wait while a block is
+        written; a block being written may not show yet, and the cutter counts the
+        transactions of the blocks it cut that its node has not stored itself.
+        """
         store = self.workspace.node.store
+        if isinstance(store, Fetching):
+            _, found = store.fetch({}, tx_ids)
+            return {tx_id for tx_id, present in found.items() if present}
         store.prefetch({}, tx_ids)
         return {t for t in tx_ids if store.tx_seen(t)}
 
