@@ -21,7 +21,7 @@ from rekam.ledger.block import Block, Checkpoint
 from rekam.ledger.tx import Transaction, make_tx
 from rekam.net.auth import sign_request
 from rekam.net.peer import PeerClient, PeerError
-from rekam.ordering.etcd import EtcdClient, prefix_end
+from rekam.ordering.etcd import EtcdClient, block_value, op_delete, prefix_end
 from rekam.ordering.etcd_local import LocalEtcdCluster, free_ports
 from rekam.records import synthetic
 from rekam.service.datadir import DataDir
@@ -330,6 +330,31 @@ def test_etcd_keeps_checkpoints_and_node_registrations_of_the_window_only(
             assert a.workspace.node.store.latest_checkpoint() is not None
     finally:
         client.close()
+
+
+def test_an_invalid_block_in_etcd_is_refused_and_reported(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    folders = _folders(tmp_path, etcd)
+    with NetworkNode.open(folders["klinik-a"]) as a:
+        _enrol(a)
+        _enrol(a)
+    # Reopened without cutting: only the block written below is offered to the follower.
+    with NetworkNode.open(folders["klinik-a"], cut_blocks=False) as a:
+        assert a.orderer is not None
+        head = a.workspace.node.head
+        real = next(iter(a.workspace.node.store.iter_blocks(head.height, head.height + 1)))
+        txs = list(real.txs)
+        txs[0] = txs[0][:-2] + bytes([txs[0][-2] ^ 1]) + txs[0][-1:]
+        forged = Block(real.header, real.signature, tuple(txs))
+        client = EtcdClient(etcd.endpoints)
+        try:
+            client.put(a.orderer.keys.block(head.height + 1), block_value(forged))
+            wait_for(lambda: any(x["kind"] == "invalid_block" for x in a.alarms), 10, "the alarm")
+            assert a.workspace.node.head == head
+            client.txn([], [op_delete(a.orderer.keys.block(head.height + 1))])
+        finally:
+            client.close()
 
 
 class _WrongContent(BaseHTTPRequestHandler):

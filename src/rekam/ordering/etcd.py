@@ -667,9 +667,10 @@ class EtcdOrderer:
         if kvs and kvs[0].key == self.keys.block(start):
             for kv in kvs:
                 block = block_from_value(kv.value)
-                if block.height != tip.height + 1 or block.prev != tip.hash:
-                    # Not the next block (another head was written since): once what is in
-                    # flight is stored, the node's head says where to read from.
+                if self._delivering and (block.height != tip.height + 1 or block.prev != tip.hash):
+                    # Not the next block after those in flight: once they are stored, the
+                    # node's head says where to read from. A block that does not follow the
+                    # committed head is handed over and refused by validation, which reports it.
                     self._drain()
                     return True
                 # Blocks n+1.. are decoded and their signatures checked while block n is
