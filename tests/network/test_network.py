@@ -21,11 +21,11 @@ from rekam.ledger.block import Block, Checkpoint
 from rekam.ledger.tx import Transaction, make_tx
 from rekam.net.auth import sign_request
 from rekam.net.peer import PeerClient, PeerError
-from rekam.ordering.etcd import EtcdClient
+from rekam.ordering.etcd import EtcdClient, block_value, op_delete, prefix_end
 from rekam.ordering.etcd_local import LocalEtcdCluster, free_ports
 from rekam.records import synthetic
 from rekam.service.datadir import DataDir
-from rekam.service.errors import AccessDenied
+from rekam.service.errors import AccessDenied, ContentUnavailable
 from rekam.service.network import (
     NetworkConfig,
     NetworkNode,
@@ -285,6 +285,135 @@ def test_content_is_refused_to_a_node_without_a_key(tmp_path: Path, etcd: LocalE
         assert wb.node.blobs.get(rec.content_hash) is None
         with pytest.raises(AccessDenied):
             wb.records.read(other, rec.record)
+
+
+def test_etcd_keeps_checkpoints_and_node_registrations_of_the_window_only(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    folders = _folders(tmp_path, etcd, window=3, checkpoint_every=1)
+    client = EtcdClient(etcd.endpoints)
+    try:
+        with NetworkNode.open(folders["klinik-a"]) as a:
+            assert a.orderer is not None
+            keys = a.orderer.keys
+            # A node that left long ago (its head is far behind) and an unreadable entry.
+            ghost = {"org": "ghost", "url": "http://127.0.0.1:9", "height": 0, "hash": "0"}
+            client.put(keys.nodes + b"ghost", json.dumps(ghost).encode())
+            client.put(keys.nodes + b"junk", b"not json")
+            for _ in range(12):
+                _enrol(a)
+                # Let the node publish each checkpoint before the next block.
+                height = a.workspace.node.head.height
+                wait_for(
+                    lambda h=height: client.get(keys.checkpoint(h, "klinik-a")) is not None,
+                    10,
+                    "the checkpoint in etcd",
+                )
+            head = a.workspace.node.head.height
+            assert head >= 12
+            heights = [
+                int(kv.key[len(keys.checkpoints) :].split(b"/")[0])
+                for kv in client.range(keys.checkpoints, prefix_end(keys.checkpoints))
+            ]
+            # Trimmed every 3 blocks to the last 3: nothing older than two windows is left.
+            assert heights and min(heights) >= head - 6
+            assert client.get(keys.checkpoint(1, "klinik-a")) is None
+            assert client.get(keys.nodes + b"ghost") is None
+            assert client.get(keys.nodes + b"junk") is None
+            # The running node's own registration stays, or comes back at its next publish.
+            wait_for(
+                lambda: client.get(keys.nodes + b"klinik-a") is not None, 10, "the registration"
+            )
+            # Only the last window of blocks is kept, as before.
+            assert client.get(keys.block(1)) is None
+            # Every checkpoint this node signed is still in its own store.
+            assert a.workspace.node.store.latest_checkpoint() is not None
+    finally:
+        client.close()
+
+
+def test_an_invalid_block_in_etcd_is_refused_and_reported(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    folders = _folders(tmp_path, etcd)
+    with NetworkNode.open(folders["klinik-a"]) as a:
+        _enrol(a)
+        _enrol(a)
+    # Reopened without cutting: only the block written below is offered to the follower.
+    with NetworkNode.open(folders["klinik-a"], cut_blocks=False) as a:
+        assert a.orderer is not None
+        head = a.workspace.node.head
+        real = next(iter(a.workspace.node.store.iter_blocks(head.height, head.height + 1)))
+        txs = list(real.txs)
+        txs[0] = txs[0][:-2] + bytes([txs[0][-2] ^ 1]) + txs[0][-1:]
+        forged = Block(real.header, real.signature, tuple(txs))
+        client = EtcdClient(etcd.endpoints)
+        try:
+            client.put(a.orderer.keys.block(head.height + 1), block_value(forged))
+            wait_for(lambda: any(x["kind"] == "invalid_block" for x in a.alarms), 10, "the alarm")
+            assert a.workspace.node.head == head
+            client.txn([], [op_delete(a.orderer.keys.block(head.height + 1))])
+        finally:
+            client.close()
+
+
+class _WrongContent(BaseHTTPRequestHandler):
+    """A peer that answers content requests with other bytes than the chain's."""
+
+    def do_GET(self) -> None:
+        body = json.dumps(
+            {"blob": base64.b64encode(b"not the record").decode(), "keys": []}
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+def test_the_ordinary_read_fetches_content_from_the_authoring_node_and_checks_it(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    folders = _folders(tmp_path, etcd)
+    evil = ThreadingHTTPServer(("127.0.0.1", 0), _WrongContent)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        with (
+            NetworkNode.open(folders["klinik-a"]) as a,
+            NetworkNode.open(folders["klinik-b"], cut_blocks=False) as b,
+        ):
+            wa, wb = a.workspace, b.workspace
+            doctor = wa.actor(wa.admin.enrol_member(wa.actor("klinik-a"), "doctor", "pw").id, "pw")
+            reader = wb.actor(wb.admin.enrol_member(wb.actor("klinik-b"), "doctor", "pw").id, "pw")
+            patient = wa.actor(wa.admin.register_patient(wa.actor("klinik-a"), "pw")[0].id, "pw")
+            resource = synthetic.condition(random.Random(2), patient.id, None, doctor.id)
+            rec = wa.records.write(doctor, resource, patient=patient.id)
+            wa.consent.grant(
+                patient, patient.id, reader.id, resource_types=["*"], purpose="treatment", days=1
+            )
+            assert b.wait_for_height(wa.node.head.height, 20)
+            assert b.local_blobs.get(rec.content_hash) is None
+
+            # A peer answering for klinik-a with other bytes: refused, reported, nothing kept.
+            real = b.config.peers["klinik-a"]
+            b.config.peers["klinik-a"] = f"http://127.0.0.1:{evil.server_address[1]}"
+            with pytest.raises(ContentUnavailable):
+                wb.records.read(reader, rec.record)
+            assert any(x["kind"] == "bad_peer_content" for x in b.alarms)
+            assert b.local_blobs.get(rec.content_hash) is None
+            assert wb.node.store.get_wrapped_key(rec.record, 1, reader.id) is None
+
+            # The ordinary read path fetches it from klinik-a's node, checks it and opens it.
+            b.config.peers["klinik-a"] = real
+            read = wb.records.read(reader, rec.record)
+            assert read.resource == wa.records.read(doctor, rec.record).resource
+            stored = b.local_blobs.get(rec.content_hash)
+            assert stored is not None and hashlib.sha256(stored).hexdigest() == rec.content_hash
+    finally:
+        evil.shutdown()
 
 
 def test_a_new_organisation_needs_a_majority_then_its_node_joins(

@@ -4,10 +4,13 @@ Keys live under ``/rekam/<first 16 hex digits of the network id>/``::
 
     pending/<tx id>        a submitted transaction's envelope bytes, until a block holds it
     head                   {"height", "hash", "time"} of the last block ordered
-    block/<height, 12 digits>   a block's transport bytes (only a recent window is kept)
+    block/<height, 12 digits>   a block's transport bytes, zlib-compressed (only a recent
+                           window is kept)
     leader                 the organisation cutting blocks now, attached to its lease
-    ckpt/<height>/<org>    an organisation's checkpoint signature (see rekam.service.network)
-    nodes/<org>            a node's peer address and head, attached to its lease
+    ckpt/<height>/<org>    an organisation's checkpoint signature (see rekam.service.network);
+                           only those of the recent window are kept
+    nodes/<org>            a node's peer address and head; dropped once the node's head is
+                           older than the window (a running node registers again at once)
 
 Safety does not come from the election. A block is written only by an etcd transaction that
 compares ``head`` with the value the cutter built on, so exactly one block exists per height
@@ -31,14 +34,17 @@ import json
 import logging
 import threading
 import time
+import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
 
 from rekam.crypto import Signer
-from rekam.ledger._errors import LedgerError
+from rekam.ledger._errors import LedgerError, MalformedError
 from rekam.ledger.block import Block, cut_block
 from rekam.ledger.tx import Transaction
 
@@ -53,8 +59,24 @@ MAX_BLOCK_BYTES = 768 * 1024
 MIN_TXN_OPS = 1100
 # How many blocks the cutter may run ahead of its own node's commits.
 PIPELINE = 2
+# How many blocks the follower hands to its node before it waits for the oldest one: the
+# signatures of the next blocks are checked while one is validated and another is written.
+DELIVER_DEPTH = 4
+# Blocks the follower reads from etcd in one request.
+FOLLOW_BATCH = 16
+# A block's value in etcd is its transport bytes compressed with zlib behind this marker (a
+# block's canonical bytes start with "{", so both forms can be told apart). etcd's JSON
+# gateway carries every value in base64, once for the write and once per node reading it;
+# compressed, a block of record writes is about a quarter of its transport size or less.
+BLOCK_ZLIB = b"z"
+# The largest transport form a compressed block may expand to (a block is cut at
+# MAX_BLOCK_BYTES of transactions; base64 and the header add about a third).
+MAX_BLOCK_TRANSPORT = 4 * MAX_BLOCK_BYTES
 # Submissions written together in one etcd transaction.
 SUBMIT_BATCH = 256
+# The cutter drops checkpoint signatures and node registrations older than the window every
+# this many blocks (or every ``window`` blocks when the window is smaller).
+TRIM_EVERY = 50
 
 
 class EtcdError(Exception):
@@ -264,9 +286,38 @@ def op_put(key: bytes, value: bytes, lease: int = 0) -> dict[str, Any]:
     return {"request_put": put}
 
 
+def cmp_mod_revision(key: bytes, revision: int) -> dict[str, Any]:
+    """A txn comparison: the key was last written at ``revision``."""
+    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+
+
 def op_delete(key: bytes) -> dict[str, Any]:
     """A txn operation deleting a key."""
     return {"request_delete_range": {"key": _b64(key)}}
+
+
+def op_delete_range(key: bytes, end: bytes) -> dict[str, Any]:
+    """A txn operation deleting every key from ``key`` up to (excluding) ``end``."""
+    return {"request_delete_range": {"key": _b64(key), "range_end": _b64(end)}}
+
+
+def block_value(block: Block) -> bytes:
+    """The value a block is stored under in etcd: its transport bytes, compressed."""
+    return BLOCK_ZLIB + zlib.compress(block.to_bytes(), 1)
+
+
+def block_from_value(value: bytes) -> Block:
+    """The block stored in etcd under a value (compressed or plain transport bytes)."""
+    if value.startswith(BLOCK_ZLIB):
+        inflate = zlib.decompressobj()
+        try:
+            raw = inflate.decompress(value[len(BLOCK_ZLIB) :], MAX_BLOCK_TRANSPORT)
+        except zlib.error:
+            raise MalformedError("a block in etcd is not valid zlib data") from None
+        if not inflate.eof or inflate.unconsumed_tail:
+            raise MalformedError("a block in etcd is truncated or expands beyond the limit")
+        value = raw
+    return Block.from_bytes(value)
 
 
 @dataclass(frozen=True)
@@ -309,6 +360,14 @@ class Chain(Protocol):
         """Validate and store the next block (raises when it is invalid)."""
         ...
 
+    def deliver(self, block: Block, txs: list[Transaction] | None) -> Future[Any]:
+        """Queue the next block for validation and storage without waiting for it.
+
+        ``txs`` are the block's transactions already decoded (by this node's cutter), or None.
+        The future resolves once the block is stored, or with the error that refused it.
+        """
+        ...
+
     def catch_up(self, height: int, until: int) -> bool:
         """Fetch blocks from ``height`` below ``until`` elsewhere (peers); True on progress."""
         ...
@@ -337,6 +396,11 @@ class Keys:
     def tx(self, tx_id: str) -> bytes:
         """The pending key of a transaction."""
         return self.pending + tx_id.encode()
+
+    def checkpoint(self, height: int, org: str = "") -> bytes:
+        """The key of an organisation's checkpoint signature (without org: the height's prefix,
+        which sorts after every key of a lower height)."""
+        return self.checkpoints + b"%012d/" % height + org.encode()
 
 
 @dataclass
@@ -391,23 +455,41 @@ class EtcdOrderer:
         self._last_cut: Head | None = None
         self._head_checked = 0.0
         self._inflight: dict[int, set[str]] = {}
+        # Blocks handed to the node and not stored yet (oldest first), and the last of them.
+        self._delivering: deque[tuple[Block, Future[Any]]] = deque()
+        self._delivered: Head | None = None
+        # Transactions of the blocks this node cut, already decoded, by block hash.
+        self._cut_txs: dict[str, list[Transaction]] = {}
         self._submit_queue: list[_Slot] = []
         self._submit_cond = threading.Condition()
-        self._new_block = threading.Event()
+        self._new_block = threading.Event()  # wakes the follower
+        self._head_moved = threading.Event()  # set by the watch on ``head``
+        self._last_read = 0.0
         self._new_pending = threading.Event()
+        # Wake-ups come from etcd watches. Followers watch ``head`` (rewritten with every
+        # block, a few bytes) rather than the blocks, which the gateway would send to every
+        # watcher in base64 JSON; only the node cutting blocks watches the pending keys, and
+        # not their deletions (the blocks it writes delete them).
         self._threads = [
             threading.Thread(target=self._follow, name="rekam-etcd-follow"),
             threading.Thread(target=self._sender, name="rekam-etcd-submit"),
             threading.Thread(
-                target=self._watch, args=(self.keys.blocks, self._new_block), name="rekam-watch"
+                target=self._watch,
+                args=({"key": _b64(self.keys.head)}, self._on_head_moved, None),
+                name="rekam-watch",
             ),
         ]
         if cut_blocks:
             self._threads.append(threading.Thread(target=self._cutter, name="rekam-etcd-cut"))
+            pending = {
+                "key": _b64(self.keys.pending),
+                "range_end": _b64(prefix_end(self.keys.pending)),
+                "filters": ["NODELETE"],
+            }
             self._threads.append(
                 threading.Thread(
                     target=self._watch,
-                    args=(self.keys.pending, self._new_pending),
+                    args=(pending, self._new_pending.set, lambda: self.leading),
                     name="rekam-watch",
                 )
             )
@@ -496,6 +578,8 @@ class EtcdOrderer:
 
     def _follow(self) -> None:
         while not self._stop.is_set():
+            # Cleared before reading, so a wake-up during the read is not lost.
+            self._new_block.clear()
             try:
                 progressed = self._follow_once()
                 self.etcd_error = None
@@ -509,17 +593,30 @@ class EtcdOrderer:
                 self._stop.wait(0.2)
             if not progressed:
                 self._new_block.wait(self._poll)
-                self._new_block.clear()
 
-    def _watch(self, prefix: bytes, wake: threading.Event) -> None:
-        """Set ``wake`` whenever a key under ``prefix`` changes (etcd's watch, streamed).
+    def _on_head_moved(self) -> None:
+        self._head_moved.set()
+        self._new_block.set()
+
+    def _watch(
+        self,
+        request: dict[str, Any],
+        wake: Callable[[], None],
+        active: Callable[[], bool] | None,
+    ) -> None:
+        """Call ``wake`` whenever a watched key changes (etcd's watch, streamed).
 
         Only a wake-up signal: the loops still read what changed themselves, and poll at
         ``poll`` seconds when the stream is down, so a lost watch costs latency, not safety.
+        While ``active()`` is false no stream is kept open (a node that does not cut blocks
+        needs no news of pending transactions).
         """
         index = 0
-        body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}}
+        body = {"create_request": request}
         while not self._stop.is_set():
+            if active is not None and not active():
+                self._stop.wait(0.1)
+                continue
             endpoint = self.client.endpoints[index % len(self.client.endpoints)]
             try:
                 timeout = httpx.Timeout(2.0, read=None)
@@ -531,36 +628,67 @@ class EtcdOrderer:
                         if self._stop.is_set():
                             return
                         if '"events"' in line:
-                            wake.set()
+                            wake()
+                        if active is not None and not active():
+                            break
             except httpx.HTTPError:
                 pass
             index += 1
-            wake.set()  # the stream ended: let the loop read once, in case it missed a change
-            self._stop.wait(0.2)
+            wake()  # the stream ended: let the loop read once, in case it missed a change
+            if active is None or active():
+                self._stop.wait(0.2)
 
     def _follow_once(self) -> bool:
         if self.halted:
+            self._drain()
+            return False
+        if not self._reap(wait=False):
             return False
         local = self._chain.committed_head()
-        start = local.height + 1
+        tip = self._delivered if self._delivering and self._delivered else local
+        start = tip.height + 1
+        if (
+            self._delivering
+            and not self._head_moved.is_set()
+            and time.monotonic() - self._last_read < self._poll
+        ):
+            return False  # woken by a stored block only: etcd has nothing new yet
+        self._head_moved.clear()
+        self._last_read = time.monotonic()
         # One request per poll: the next blocks, read from the member this client talks to
         # (serializable: no Raft round trip; a stale answer only delays, every block is
         # validated anyway).
         kvs = self.client.range(
-            self.keys.block(start), prefix_end(self.keys.blocks), limit=64, serializable=True
+            self.keys.block(start),
+            prefix_end(self.keys.blocks),
+            limit=FOLLOW_BATCH,
+            serializable=True,
         )
         if kvs and kvs[0].key == self.keys.block(start):
             for kv in kvs:
-                block = Block.from_bytes(kv.value)
-                if block.height != self._chain.committed_head().height + 1:
+                block = block_from_value(kv.value)
+                if self._delivering and (block.height != tip.height + 1 or block.prev != tip.hash):
+                    # Not the next block after those in flight: once they are stored, the
+                    # node's head says where to read from. A block that does not follow the
+                    # committed head is handed over and refused by validation, which reports it.
+                    self._drain()
                     return True
-                try:
-                    self._chain.commit(block)
-                except LedgerError as exc:
-                    self._chain.alarm("invalid_block", block.height, type(exc).__name__)
-                    self._stop.wait(0.5)
-                    return False
-            return True
+                # Blocks n+1.. are decoded and their signatures checked while block n is
+                # validated and written (the node's staged pipeline); wait only when
+                # DELIVER_DEPTH blocks are in flight.
+                while len(self._delivering) >= DELIVER_DEPTH:
+                    if not self._reap(wait=True):
+                        return False
+                future = self._chain.deliver(block, self._cut_txs.pop(block.hash, None))
+                self._delivering.append((block, future))
+                tip = Head(block.height, block.hash, block.time)
+                self._delivered = tip
+                future.add_done_callback(lambda _f: self._new_block.set())
+            # Read again at once only if the answer was cut short; otherwise the watch on
+            # ``head`` (or a stored block, to take it off the list) wakes the loop.
+            return len(kvs) == FOLLOW_BATCH
+        if self._delivering:
+            return False  # the watch (or a stored block) wakes the loop
         now = time.monotonic()
         if not kvs and now - self._head_checked < 1.0:
             return False
@@ -576,6 +704,38 @@ class EtcdOrderer:
             return False
         oldest = self._oldest_in_window()
         return self._chain.catch_up(start, oldest if oldest is not None else head.height + 1)
+
+    def _reap(self, *, wait: bool) -> bool:
+        """Take stored blocks off the in-flight list (waiting for the oldest if ``wait``).
+
+        False when a block was refused: it is reported, everything still in flight (built on
+        it) is waited for, and following starts again from the node's committed head.
+        """
+        while self._delivering and (wait or self._delivering[0][1].done()):
+            failed, future = self._delivering.popleft()
+            wait = False
+            try:
+                future.result()
+            except LedgerError as exc:
+                self._chain.alarm("invalid_block", failed.height, type(exc).__name__)
+            except Exception:
+                log.exception("block %d was not committed", failed.height)
+            else:
+                # The cutter may be waiting for its own node to store the blocks it cut.
+                self._new_pending.set()
+                continue
+            self._drain()
+            self._stop.wait(0.5)
+            return False
+        return True
+
+    def _drain(self) -> None:
+        """Wait until every block handed to the node is stored or refused; forget them."""
+        while self._delivering:
+            _, future = self._delivering.popleft()
+            with contextlib.suppress(Exception):  # refused blocks were built on a refused one
+                future.result()
+        self._delivered = None
 
     def _oldest_in_window(self) -> int | None:
         kvs = self.client.range(
@@ -596,10 +756,11 @@ class EtcdOrderer:
                     self._stop.wait(self._ttl / 4)
                     continue
                 started = time.monotonic()
+                # Cleared before cutting, so news arriving during the cut is not lost.
+                self._new_pending.clear()
                 cut = self._cut_once()
                 if cut == 0:
                     self._new_pending.wait(self._poll)
-                    self._new_pending.clear()
                 elif cut < self._max_txs:
                     # A batch timeout, as Fabric's orderers have: under a steady trickle, wait
                     # so that the next block gathers more transactions, since every block costs
@@ -629,6 +790,10 @@ class EtcdOrderer:
             self._lease = 0
             self._last_cut = None
         if self.halted:
+            return False
+        # While another node leads, one read per round is all a campaign costs.
+        holder = self.client.get(self.keys.leader)
+        if holder is not None and (not self._lease or holder.lease != self._lease):
             return False
         if not self._lease:
             self._lease = self.client.grant(self._ttl)
@@ -725,7 +890,7 @@ class EtcdOrderer:
         new_head = Head(block.height, block.hash, block.time)
         ops += [op_delete(self.keys.tx(tx.tx_id)) for tx in fresh]
         ops += [
-            op_put(self.keys.block(block.height), block.to_bytes()),
+            op_put(self.keys.block(block.height), block_value(block)),
             op_put(self.keys.head, new_head.to_bytes()),
         ]
         if block.height > self._window:
@@ -740,9 +905,38 @@ class EtcdOrderer:
         if ok:
             self.blocks_cut += 1
             self._last_cut = new_head
+            # This node's follower hands them to its node with the block: decoded once.
+            self._cut_txs[block.hash] = fresh
+            for stale_hash in list(self._cut_txs)[: max(0, len(self._cut_txs) - 8)]:
+                self._cut_txs.pop(stale_hash, None)  # the follower may have taken it
             self._inflight[block.height] = {tx.tx_id for tx in fresh}
+            if block.height % max(1, min(TRIM_EVERY, self._window)) == 0:
+                try:
+                    self._trim(block.height)
+                except EtcdError as exc:
+                    log.info("trimming etcd's old keys failed (next time): %s", exc)
             if block.height % 500 == 0:
                 # etcd keeps every overwritten value until compacted; keep a margin of history
                 # so watchers and slow readers are not cut off.
                 self.client.compact(max(1, self.client.revision() - 10_000))
         return len(fresh) if ok else 0
+
+    def _trim(self, height: int) -> None:
+        """Drop checkpoint signatures and node registrations older than the window.
+
+        etcd is not the archive: nodes store the cosigned checkpoints they checked, and a node
+        whose registration goes registers again within a second while it runs (a node down for
+        longer than the window drops out of ``rekam network status`` until it is back).
+        """
+        floor = height - self._window
+        if floor <= 0:
+            return
+        self.client.txn([], [op_delete_range(self.keys.checkpoints, self.keys.checkpoint(floor))])
+        for kv in self.client.range(self.keys.nodes, prefix_end(self.keys.nodes)):
+            try:
+                registered = int(json.loads(kv.value)["height"])
+            except (ValueError, KeyError, TypeError):
+                registered = -1  # unreadable: it helps no one
+            if registered < floor:
+                # Only if the node has not registered again since it was read.
+                self.client.txn([cmp_mod_revision(kv.key, kv.mod_revision)], [op_delete(kv.key)])

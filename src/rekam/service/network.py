@@ -12,7 +12,9 @@ network duties:
   compares other organisations' checkpoints with its own chain: a different head for the same
   height is a split view, raised loudly, and the node stops accepting blocks;
 * it fetches encrypted content it may open (a wrapped key for its organisation, members or
-  patients) from the authoring node and checks it against the on-chain hash.
+  patients) from the authoring node and checks it against the on-chain hash. The workspace's
+  blob store is a ``PeerBlobStore``: the ordinary record read path finds content held by
+  another node as if it were local, with the same checks.
 
 A node folder holds one organisation's keys and ``network.json``::
 
@@ -31,7 +33,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +44,14 @@ from rekam.encoding import b64d, b64e, canonical
 from rekam.ledger._errors import LedgerError
 from rekam.ledger.block import Block, Checkpoint, Genesis, genesis_block
 from rekam.ledger.merkle import leaf_hash
+from rekam.ledger.state import Fetching
 from rekam.ledger.tx import SIGNING_DOMAIN, Transaction, make_tx, new_id, unsigned_tx
 from rekam.ledger.validate import BlockResult, TxResult, check_block, genesis_delta
 from rekam.net.peer import PeerClient, PeerError, PeerServer
 from rekam.ordering.etcd import EtcdClient, EtcdError, EtcdOrderer, Head, Keys, prefix_end
 from rekam.service.datadir import CONFIG_FORMAT, DataDir, DataDirError, _atomic_write
 from rekam.service.node import now_ms
+from rekam.service.ports import BlobStore
 from rekam.service.proofs import BlockLog, block_leaf, results_root
 from rekam.service.workspace import OrgSpec, Workspace
 from rekam.storage import open_store
@@ -140,6 +144,40 @@ def create_network(
     return folders
 
 
+class PeerBlobStore:
+    """A node's blob store that fetches content it misses from other nodes.
+
+    Reads go to the local store first; on a miss, ``fetch(digest)`` asks the peers for the
+    record version with that on-chain content hash (``NetworkNode.fetch_content``: the
+    content is kept only if its SHA-256 equals the hash on the chain, together with the
+    wrapped keys the peer holds for this node) and the local store is read again. Writes and
+    deletions are local. This keeps the record service unaware of the network.
+    """
+
+    def __init__(self, local: BlobStore, fetch: Callable[[str], bool]) -> None:
+        self.local = local
+        self._fetch = fetch
+
+    def put(self, data: bytes) -> str:
+        """Store bytes locally; returns their SHA-256 hex."""
+        return self.local.put(data)
+
+    def get(self, digest: str) -> bytes | None:
+        """The bytes with this digest: local, else fetched from a peer and checked, else None."""
+        data = self.local.get(digest)
+        if data is None and self._fetch(digest):
+            data = self.local.get(digest)
+        return data
+
+    def delete(self, digest: str) -> bool:
+        """Remove local content (erasure)."""
+        return self.local.delete(digest)
+
+    def iter_digests(self) -> Iterator[str]:
+        """Every locally stored digest."""
+        return self.local.iter_digests()
+
+
 class NetworkNode:
     """A running network node: workspace, etcd orderer, peer API and network duties."""
 
@@ -159,6 +197,7 @@ class NetworkNode:
         self._etcd_status = EtcdClient(config.etcd, timeout=0.5)
         self.orderer: EtcdOrderer | None = None
         self.ws: Workspace | None = None
+        self._blobs: BlobStore | None = None
         self._log: BlockLog | None = None
         self._to_publish: list[Checkpoint] = []
         self._ckpt_seen: set[tuple[int, str]] = set()
@@ -196,6 +235,9 @@ class NetworkNode:
         net.ws = Workspace.open(root, orderer_factory=factory)
         try:
             ws = net.ws
+            # Content this node misses is fetched from peers on read (see PeerBlobStore).
+            net._blobs = ws.node.blobs
+            ws.node.blobs = PeerBlobStore(net._blobs, net.fetch_content)
             net._log = BlockLog.build(ws.node.store)
             ws.node.add_listener(net._on_block)
             identity = ws.org_identities[cfg.org]
@@ -245,6 +287,12 @@ class NetworkNode:
         """The network id (for the peer API)."""
         return self.workspace.node.network_id
 
+    @property
+    def local_blobs(self) -> BlobStore:
+        """The content this node holds itself (no fetching from peers)."""
+        assert self._blobs is not None
+        return self._blobs
+
     # -- the orderer's view of this node (rekam.ordering.etcd.Chain) ----------------------
 
     def committed_head(self) -> Head:
@@ -259,8 +307,16 @@ class NetworkNode:
         return None
 
     def seen(self, tx_ids: Sequence[str]) -> set[str]:
-        """Which transactions the committed chain holds already."""
+        """Which transactions the committed chain holds already.
+
+        Read on the store's second connection, so the cutter does not wait while a block is
+        written; a block being written may not show yet, and the cutter counts the
+        transactions of the blocks it cut that its node has not stored itself.
+        """
         store = self.workspace.node.store
+        if isinstance(store, Fetching):
+            _, found = store.fetch({}, tx_ids)
+            return {tx_id for tx_id, present in found.items() if present}
         store.prefetch({}, tx_ids)
         return {t for t in tx_ids if store.tx_seen(t)}
 
@@ -269,6 +325,10 @@ class NetworkNode:
         with self._commit_lock:
             if self.workspace.node.head.height + 1 == block.height:
                 self.workspace.node.commit(block)
+
+    def deliver(self, block: Block, txs: list[Transaction] | None) -> Future[BlockResult]:
+        """Queue the next block in the node's staged pipeline (signatures, rules, storage)."""
+        return self.workspace.node.deliver(block, txs)
 
     def catch_up(self, height: int, until: int) -> bool:
         """Fetch blocks ``height``.. (below ``until``) from peers, checking every one."""
@@ -344,18 +404,41 @@ class NetworkNode:
         ]
         if not keys:
             return None
-        blob = self.workspace.node.blobs.get(row["content_hash"])
+        # Only what this node holds: asking further peers from here could bounce a request
+        # around the network.
+        blob = self.local_blobs.get(row["content_hash"])
         if blob is None:
             return None
         return {"blob": blob, "keys": keys}
 
     # -- content --------------------------------------------------------------------------
 
+    def fetch_content(self, digest: str) -> bool:
+        """Fetch the content with this on-chain hash from peers (``PeerBlobStore``'s misses).
+
+        True when the node now holds it. Content no record version on this chain points at,
+        or of an erased record, is never fetched.
+        """
+        store = self.workspace.node.store
+        # content_hash has no index: this scans the version table, once per missing version.
+        for _, row in store.query("record_version", {"content_hash": digest}):
+            record = store.get("record", row["record"])
+            if record is None or record["erased"]:
+                continue
+            if self.ensure_content(str(row["record"]), int(row["version"])):
+                return True
+        return False
+
     def ensure_content(self, record: str, version: int) -> bool:
         """Fetch a version's content and this node's keys from the author's or custodian's node.
 
-        The content is stored only when its SHA-256 equals the on-chain hash. True when the
-        node now holds the content.
+        The authoring organisation's node is asked first, then the patient's home
+        organisation's, then any other peer. The content is stored only when its SHA-256
+        equals the on-chain hash (a peer serving other bytes is reported with the
+        ``bad_peer_content`` alarm and the next peer is asked), and only wrapped keys meant for
+        this organisation, its members or its patients are kept. Asking again for content the
+        node holds picks up keys wrapped for it since (a later consent). True when the node
+        now holds the content.
         """
         assert self._peers is not None
         store = self.workspace.node.store
@@ -366,7 +449,7 @@ class NetworkNode:
         patient = store.get("patient", row["patient"])
         sources = [o for o in (author and author["org"], patient and patient["home_org"]) if o]
         urls = self.peer_urls()
-        for org in dict.fromkeys(sources):
+        for org in dict.fromkeys([*sources, *sorted(urls)]):
             if org == self.config.org or org not in urls:
                 continue
             try:
@@ -380,10 +463,22 @@ class NetworkNode:
             if hashlib.sha256(blob).hexdigest() != row["content_hash"]:
                 self.alarm("bad_peer_content", 0, f"peer {org} served content with a wrong hash")
                 continue
-            self.workspace.node.blobs.put(blob)
-            store.put_wrapped_keys([(record, version, who, key) for who, key in keys])
+            self.local_blobs.put(blob)
+            mine = [(record, version, who, key) for who, key in keys if self._ours(who)]
+            store.put_wrapped_keys(mine)
             return True
-        return self.workspace.node.blobs.get(row["content_hash"]) is not None
+        return self.local_blobs.get(row["content_hash"]) is not None
+
+    def _ours(self, principal: str) -> bool:
+        """This organisation, one of its members or one of its patients."""
+        if principal == self.config.org:
+            return True
+        store = self.workspace.node.store
+        member = store.get("member", principal)
+        if member is not None:
+            return bool(member["org"] == self.config.org)
+        patient = store.get("patient", principal)
+        return patient is not None and patient["home_org"] == self.config.org
 
     # -- peers, checkpoints, status -------------------------------------------------------
 
@@ -425,8 +520,14 @@ class NetworkNode:
             self._to_publish.append(checkpoint)
 
     def _status_loop(self) -> None:
+        rounds = 0
         while not self._stop.wait(0.5):
             self._write_status()
+            rounds += 1
+            # etcd is written through Raft (a disk sync on every member): registering and
+            # reading checkpoints once a second is plenty, the local file twice.
+            if rounds % 2:
+                continue
             try:
                 self._publish()
                 self._compare_checkpoints()
@@ -450,9 +551,7 @@ class NetworkNode:
         with self._lock:
             pending, self._to_publish = self._to_publish, []
         for checkpoint in pending:
-            key = (
-                keys.checkpoints + b"%012d/" % checkpoint.body["height"] + self.config.org.encode()
-            )
+            key = keys.checkpoint(checkpoint.body["height"], self.config.org)
             self._etcd_status.put(key, json.dumps(checkpoint.to_json()).encode())
 
     def _compare_checkpoints(self) -> None:
