@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,11 +15,12 @@ from fastapi.testclient import TestClient
 
 from rekam.ordering.etcd_local import free_ports
 from rekam.service.network import NetworkNode, cluster_view
+from rekam.service.network_demo import run_network_demo
 from rekam.service.node import NotOrderedHere
 from rekam.service.tokens import TokenStore
 from rekam.service.workspace import Workspace
 from rekam.web.dispatch import node_app
-from tests.network.harness import network, wait_for
+from tests.network.harness import network, require_etcd, wait_for
 from tests.web.conftest import csrf_of, login
 
 ADMIN_PASSWORD = "kata-sandi-admin-1"
@@ -148,3 +150,37 @@ def test_cli_writes_on_a_stopped_network_node_go_through_the_network(tmp_path: P
                 check=False,
             )
             assert out.returncode == 1 and "the node is running" in out.stderr
+
+
+def test_kept_running_demo_gives_each_node_a_portal_with_demo_names(tmp_path: Path) -> None:
+    require_etcd()
+    root = tmp_path / "demo"
+    result = run_network_demo(root, kdf="fast", keep_running=True)
+    try:
+        assert result.agreed and set(result.portals) == set(result.heads)
+        creds = json.loads((root / "demo-credentials.json").read_text("utf-8"))
+        assert (root / "demo-credentials.json").stat().st_mode & 0o077 == 0
+        doctor = creds["people"]["dokter-kenanga"]
+        url = creds["portals"][doctor["org"]]
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}login", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 60, "the kept-running node's portal")
+        with httpx.Client(base_url=url, follow_redirects=False, timeout=10) as client:
+            page = client.get("/login")
+            form = {"csrf": csrf_of(page.text), "username": "dokter-kenanga"}
+            answer = client.post("/login", data={**form, "password": doctor["passphrase"]})
+            assert answer.status_code == 303 and answer.headers["location"] == "/patients"
+            # The patient consented to this doctor in the story: they are listed here.
+            assert creds["people"]["patient-1"]["id"] in client.get("/patients").text
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "rekam.cli.main", "network", "stop", "--data-dir", str(root)],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )

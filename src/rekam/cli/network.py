@@ -288,6 +288,10 @@ def network_demo(data_dir: Path, nodes: int, kdf: str, keep_running: bool) -> No
         console.print(f"  {org:<16} height {height:<6} {digest}", soft_wrap=True)
     console.print("all heads equal" if result.agreed else "[bold red]HEADS DIFFER[/]")
     if keep_running:
+        console.print("\n[bold]portals[/] (log in with a name from demo-credentials.json)")
+        for org, url in result.portals.items():
+            console.print(f"  {org:<16} {url}")
+        console.print(f"credentials: {data_dir / 'demo-credentials.json'}")
         console.print(f"etcd: {', '.join(result.etcd_endpoints)}")
         console.print(f"status: rekam network status -d {data_dir / 'nodes' / 'klinik-melati'}")
         console.print(f"stop everything: rekam network stop --data-dir {data_dir}")

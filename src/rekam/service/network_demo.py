@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from rekam.ordering.etcd_local import LocalEtcdCluster, free_ports
 from rekam.records import synthetic
 from rekam.service.errors import AccessDenied
 from rekam.service.network import NetworkNode, create_network
-from rekam.service.workspace import OrgSpec
+from rekam.service.workspace import Actor, OrgSpec, Workspace
 
 ORGS = (
     OrgSpec("klinik-melati", "clinic", "Klinik Melati"),
@@ -42,6 +43,10 @@ class NetworkDemoResult:
     story: list[str] = field(default_factory=list)
     etcd_endpoints: list[str] = field(default_factory=list)
     node_pids: list[int] = field(default_factory=list)
+    #: Demo people (name -> org, id, passphrase): synthetic, for logging in to the portals.
+    people: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: With ``keep_running``: each node's portal and API address.
+    portals: dict[str, str] = field(default_factory=dict)
 
     @property
     def agreed(self) -> bool:
@@ -102,10 +107,12 @@ def run_network_demo(
             for node in nodes:
                 node.close()
             nodes = []
-            for spec in ORGS:
+            http_ports = free_ports(len(ORGS))
+            for spec, http_port in zip(ORGS, http_ports, strict=True):
+                result.portals[spec.org] = f"http://127.0.0.1:{http_port}/"
                 command = [sys.executable, "-m", "rekam.cli.main", "network", "run"]
                 process = subprocess.Popen(
-                    [*command, "-d", str(folders[spec.org])],
+                    [*command, "-d", str(folders[spec.org]), "--http", f"127.0.0.1:{http_port}"],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=open(folders[spec.org] / "node.log", "ab"),  # noqa: SIM115
@@ -115,6 +122,7 @@ def run_network_demo(
             (data_dir / "pids.json").write_text(
                 json.dumps({"nodes": result.node_pids}) + "\n", "utf-8"
             )
+            _write_credentials(data_dir, result)
             handed_over = True
     finally:
         for node in nodes:
@@ -130,18 +138,25 @@ def _play(
 ) -> None:
     a, b, p = (node.workspace for node in nodes)
     step("each organisation enrols its own staff at its own node")
-    doctor_a = a.actor(
-        a.admin.enrol_member(a.actor("klinik-melati"), "doctor", "demo-a").id, "demo-a"
-    )
-    doctor_b = b.actor(
-        b.admin.enrol_member(b.actor("klinik-kenanga"), "doctor", "demo-b").id, "demo-b"
-    )
-    pharmacist = p.actor(
-        p.admin.enrol_member(p.actor("apotek-sentosa"), "pharmacist", "demo-p").id, "demo-p"
-    )
+
+    def enrol(ws: Workspace, name: str, org: str, role: str, secret: str) -> Actor:
+        member = ws.admin.enrol_member(ws.actor(org), role, secret, label=name)
+        result.people[name] = {"org": org, "role": role, "id": member.id, "passphrase": secret}
+        return ws.actor(member.id, secret)
+
+    enrol(a, "admin-melati", "klinik-melati", "admin", "demo-admin-a")
+    doctor_a = enrol(a, "dokter-melati", "klinik-melati", "doctor", "demo-a")
+    doctor_b = enrol(b, "dokter-kenanga", "klinik-kenanga", "doctor", "demo-b")
+    pharmacist = enrol(p, "apoteker-sentosa", "apotek-sentosa", "pharmacist", "demo-p")
     step("registering a synthetic patient at Klinik Melati")
     registered, _ = a.admin.register_patient(a.actor("klinik-melati"), "demo-patient")
     patient = a.actor(registered.id, "demo-patient")
+    result.people["patient-1"] = {
+        "org": "klinik-melati",
+        "role": "patient",
+        "id": registered.id,
+        "passphrase": "demo-patient",
+    }
     pid = patient.id
     when = datetime.now(UTC) - timedelta(days=1)
     step("writing a diagnosis and a prescription at Klinik Melati")
@@ -182,6 +197,37 @@ def _play(
     )
     p.records.dispense(pharmacist, rx.record, dispense)
     result.story.append("prescription read and dispensed at apotek-sentosa")
+
+
+def _write_credentials(data_dir: Path, result: NetworkDemoResult) -> None:
+    """Who to log in as, and where (synthetic identities only, files readable by the owner).
+
+    ``DIR/demo-credentials.json`` lists every person with their node's portal; each node's
+    folder gets the same file as the embedded demo writes, with the people whose keystores
+    it holds, so the portal and the CLI there take their demo names.
+    """
+    _owner_only_json(
+        data_dir / "demo-credentials.json",
+        {
+            "note": "Synthetic demo identities. These passphrases protect demo keystores only.",
+            "portals": result.portals,
+            "people": result.people,
+        },
+    )
+    for spec in ORGS:
+        here = {n: p for n, p in result.people.items() if p["org"] == spec.org}
+        members = {n: p for n, p in here.items() if p["role"] != "patient"}
+        patients = [p for p in here.values() if p["role"] == "patient"]
+        _owner_only_json(
+            data_dir / "nodes" / spec.org / "demo-credentials.json",
+            {"members": members, "patients": patients},
+        )
+
+
+def _owner_only_json(path: Path, doc: dict[str, Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps(doc, indent=2) + "\n")
 
 
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
