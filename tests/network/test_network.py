@@ -416,6 +416,39 @@ def test_the_ordinary_read_fetches_content_from_the_authoring_node_and_checks_it
         evil.shutdown()
 
 
+def test_a_later_consent_to_another_member_is_read_with_the_content_already_held(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    folders = _folders(tmp_path, etcd)
+    with (
+        NetworkNode.open(folders["klinik-a"]) as a,
+        NetworkNode.open(folders["klinik-b"], cut_blocks=False) as b,
+    ):
+        wa, wb = a.workspace, b.workspace
+        doctor = wa.actor(wa.admin.enrol_member(wa.actor("klinik-a"), "doctor", "pw").id, "pw")
+        first = wb.actor(wb.admin.enrol_member(wb.actor("klinik-b"), "doctor", "pw").id, "pw")
+        second = wb.actor(wb.admin.enrol_member(wb.actor("klinik-b"), "nurse", "pw").id, "pw")
+        patient = wa.actor(wa.admin.register_patient(wa.actor("klinik-a"), "pw")[0].id, "pw")
+        resource = synthetic.condition(random.Random(3), patient.id, None, doctor.id)
+        rec = wa.records.write(doctor, resource, patient=patient.id)
+        wa.consent.grant(
+            patient, patient.id, first.id, resource_types=["*"], purpose="treatment", days=1
+        )
+        assert b.wait_for_height(wa.node.head.height, 20)
+        wb.records.read(first, rec.record)
+        assert b.local_blobs.get(rec.content_hash) is not None  # held since the first read
+        # A later consent to another member of the same organisation: the content is here,
+        # that member's key is not yet; the read asks the custodian's node for it.
+        wa.consent.grant(
+            patient, patient.id, second.id, resource_types=["*"], purpose="treatment", days=1
+        )
+        assert b.wait_for_height(wa.node.head.height, 20)
+        assert wb.node.store.get_wrapped_key(rec.record, 1, second.id) is None
+        read = wb.records.read(second, rec.record)
+        assert read.resource == wb.records.read(first, rec.record).resource
+        assert wb.node.store.get_wrapped_key(rec.record, 1, second.id) is not None
+
+
 def test_a_new_organisation_needs_a_majority_then_its_node_joins(
     tmp_path: Path, etcd: LocalEtcdCluster
 ) -> None:

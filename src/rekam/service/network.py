@@ -169,6 +169,10 @@ class PeerBlobStore:
             data = self.local.get(digest)
         return data
 
+    def refresh(self, digest: str) -> bool:
+        """Ask the peers again for this content's keys wrapped since it was fetched."""
+        return self._fetch(digest)
+
     def delete(self, digest: str) -> bool:
         """Remove local content (erasure)."""
         return self.local.delete(digest)

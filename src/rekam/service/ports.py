@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from rekam.ledger.block import Block, Checkpoint
 from rekam.ledger.state import Delta, MemoryState, Prefetching, Row, StateReader
@@ -169,6 +169,17 @@ class BlobStore(Protocol):
         ...
 
 
+@runtime_checkable
+class RefreshingBlobStore(BlobStore, Protocol):
+    """A blob store with a source to ask again: a network node's (content held elsewhere)."""
+
+    def refresh(self, digest: str) -> bool:
+        """Fetch this content's wrapped keys (and the content) from its source once more;
+        True when something was fetched. A consent given after the content arrived wraps a
+        key for a new reader at the custodian's node."""
+        ...
+
+
 __all__ = [
     "BlobStore",
     "BlockIndex",
@@ -176,6 +187,7 @@ __all__ = [
     "CommittedTx",
     "ConflictError",
     "Orderer",
+    "RefreshingBlobStore",
     "Row",
     "SchemaVersionError",
     "StoreError",

@@ -30,7 +30,7 @@ from rekam.service.errors import (
     NotFoundError,
     RejectedError,
 )
-from rekam.service.ports import ChainStore
+from rekam.service.ports import ChainStore, RefreshingBlobStore
 
 if TYPE_CHECKING:
     from rekam.service.workspace import Actor, Workspace
@@ -283,7 +283,15 @@ class RecordService:
         if ciphertext is None or hashlib.sha256(ciphertext).hexdigest() != row["content_hash"]:
             raise ContentUnavailable("content is missing or does not match the chain")
         aad = binding(record_id, version, patient_id)
-        dek = self._unwrap(reader, record_id, version, patient_id, aad)
+        try:
+            dek = self._unwrap(reader, record_id, version, patient_id, aad)
+        except ContentUnavailable:
+            # On a network node the key may have been wrapped for this reader since the
+            # content came (a later consent): ask the content's source once more.
+            blobs = self.ws.node.blobs
+            if not (isinstance(blobs, RefreshingBlobStore) and blobs.refresh(row["content_hash"])):
+                raise
+            dek = self._unwrap(reader, record_id, version, patient_id, aad)
         try:
             plaintext = open_sealed(dek, ciphertext, aad)
         except DecryptionError:
