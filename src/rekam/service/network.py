@@ -49,7 +49,13 @@ from rekam.ledger.tx import SIGNING_DOMAIN, Transaction, make_tx, new_id, unsign
 from rekam.ledger.validate import BlockResult, TxResult, check_block, genesis_delta
 from rekam.net.peer import PeerClient, PeerError, PeerServer
 from rekam.ordering.etcd import EtcdClient, EtcdError, EtcdOrderer, Head, Keys, prefix_end
-from rekam.service.datadir import CONFIG_FORMAT, DataDir, DataDirError, _atomic_write
+from rekam.service.datadir import (
+    CONFIG_FORMAT,
+    NETWORK_FILE,
+    DataDir,
+    DataDirError,
+    _atomic_write,
+)
 from rekam.service.node import now_ms
 from rekam.service.ports import BlobStore
 from rekam.service.proofs import BlockLog, block_leaf, results_root
@@ -58,7 +64,6 @@ from rekam.storage import open_store
 
 log = logging.getLogger(__name__)
 
-NETWORK_FILE = "network.json"
 STATUS_FILE = "node-status.json"
 ALARM_FILE = "alarms.jsonl"
 
