@@ -201,7 +201,7 @@ class NetworkNode:
         # node runs block listeners (``_on_block``, which takes ``_lock``) on its store
         # thread while ``commit`` waits for that very block.
         self._commit_lock = threading.Lock()
-        first = _first_member(root, config.org, len(config.etcd))
+        first = first_etcd_member(root, config.org, len(config.etcd))
         self._etcd = EtcdClient(config.etcd, first=first)
         # Status duties use their own client with a short timeout, so a lost quorum does not
         # keep the status file from being refreshed.
@@ -721,7 +721,7 @@ class LoadGenerator:
             self._done(tx_id, result.valid, result.code)
 
 
-def _first_member(root: Path, org: str, members: int) -> int:
+def first_etcd_member(root: Path, org: str, members: int) -> int:
     """Which etcd member this node talks to first: founders take one each, in turn.
 
     Every node lists the members in the same order; starting them all at the first one made
