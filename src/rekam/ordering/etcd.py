@@ -64,7 +64,9 @@ PIPELINE = 2
 DELIVER_DEPTH = 4
 # Blocks the follower reads from etcd in one request.
 FOLLOW_BATCH = 16
-# Pending keys the cutter reads at most in one request when it reads them itself.
+# Pending keys the cutter reads at most in one request when it reads them itself, and the
+# most its list keeps from the watch: under a backlog the rest stay in etcd (not in memory)
+# and are read, oldest first, once the list has room.
 PENDING_READ = 4000
 # A block's value in etcd is its transport bytes compressed with zlib behind this marker (a
 # block's canonical bytes start with "{", so both forms can be told apart). etcd's JSON
@@ -491,6 +493,7 @@ class EtcdOrderer:
         self._pending: dict[bytes, _Pending] = {}
         self._pending_lock = threading.Lock()
         self._pending_synced = 0.0
+        self._pending_overflow = False  # the watch reported keys the list had no room for
         # Wake-ups come from etcd watches. Followers watch ``head`` (rewritten with every
         # block, a few bytes) rather than the blocks, which the gateway would send to every
         # watcher in base64 JSON; only the node cutting blocks watches the pending keys, and
@@ -704,7 +707,8 @@ class EtcdOrderer:
                         events = result.get("events") or []
                         if events:
                             self._add_pending(
-                                (_unb64(e["kv"]["key"]), e["kv"]) for e in events if "kv" in e
+                                ((_unb64(e["kv"]["key"]), e["kv"]) for e in events if "kv" in e),
+                                room=PENDING_READ,
                             )
                             self._new_pending.set()
             except (httpx.HTTPError, EtcdError, ValueError) as exc:
@@ -714,14 +718,23 @@ class EtcdOrderer:
             if self.leading:
                 self._stop.wait(0.2)
 
-    def _add_pending(self, kvs: Iterable[tuple[bytes, dict[str, Any]]]) -> None:
-        """Decode newly reported pending keys into the cutter's list (known keys are kept)."""
+    def _add_pending(
+        self, kvs: Iterable[tuple[bytes, dict[str, Any]]], room: int | None = None
+    ) -> None:
+        """Decode newly reported pending keys into the cutter's list (known keys are kept).
+
+        With ``room``, keys beyond that many in the list are left in etcd and marked, so the
+        cutter reads them once the list has room.
+        """
         found: list[_Pending] = []
         with self._pending_lock:
             known = set(self._pending)
         for key, kv in kvs:
             if key in known:
                 continue  # a retried submission: the same bytes under the same key
+            if room is not None and len(known) + len(found) >= room:
+                self._pending_overflow = True
+                continue
             raw = _unb64(kv.get("value", ""))
             try:
                 tx: Transaction | None = Transaction.decode(raw)
@@ -746,6 +759,7 @@ class EtcdOrderer:
             "serializable": True,
         }
         self._pending_synced = time.monotonic()
+        self._pending_overflow = False
         reply = self.client.call("/v3/kv/range", body)
         self._add_pending((_unb64(kv["key"]), kv) for kv in reply.get("kvs", []))
 
@@ -870,9 +884,12 @@ class EtcdOrderer:
                 # Cleared before cutting, so news arriving during the cut is not lost.
                 self._new_pending.clear()
                 cut = self._cut_once()
-                if cut == 0 and time.monotonic() - self._pending_synced >= PENDING_RESYNC:
+                if (
+                    cut == 0 or (self._pending_overflow and len(self._pending) < PENDING_READ // 2)
+                ) and time.monotonic() - self._pending_synced >= PENDING_RESYNC:
                     self._sync_pending()
-                    cut = self._cut_once()
+                    if cut == 0:
+                        cut = self._cut_once()
                 if cut == 0:
                     self._new_pending.wait(self._poll)
                 elif cut < self._max_txs:
