@@ -21,7 +21,7 @@ from rekam.ledger.block import Block, Checkpoint
 from rekam.ledger.tx import Transaction, make_tx
 from rekam.net.auth import sign_request
 from rekam.net.peer import PeerClient, PeerError
-from rekam.ordering.etcd import EtcdClient, block_value, op_delete, prefix_end
+from rekam.ordering.etcd import EtcdClient, Keys, block_value, op_delete, op_put, prefix_end
 from rekam.ordering.etcd_local import LocalEtcdCluster, free_ports
 from rekam.records import synthetic
 from rekam.service.datadir import DataDir
@@ -31,6 +31,7 @@ from rekam.service.network import (
     NetworkNode,
     cosign,
     create_network,
+    first_etcd_member,
     prepare_join,
     propose_org,
     submit_proposal,
@@ -101,6 +102,66 @@ def test_retried_submission_is_ordered_once(tmp_path: Path, etcd: LocalEtcdClust
             net.orderer.keys.pending, net.orderer.keys.pending + b"\xff"
         )
         assert not pending
+
+
+def test_transactions_pending_before_a_node_cuts_are_ordered_and_bad_keys_dropped(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    folders = _folders(tmp_path, etcd)
+    with NetworkNode.open(folders["klinik-a"]) as net:
+        ws = net.workspace
+        org = ws.actor("klinik-a")
+        members = [ws.admin.enrol_member(org, "doctor", "pw") for _ in range(3)]
+        network_id = ws.node.network_id
+        txs = [
+            make_tx(
+                network_id,
+                "member.revoke",
+                org.id,
+                org.identity.signer,
+                {"member": m.id},
+                ws.node.clock(),
+            )
+            for m in members
+        ]
+    keys = Keys(network_id)
+    client = EtcdClient(etcd.endpoints)
+    try:
+        # Written while no node runs: the cutter's watch cannot have reported them, so the
+        # read at the start of its stream must find them.
+        client.txn(
+            [],
+            [op_put(keys.tx(tx.tx_id), tx.raw) for tx in txs]
+            + [
+                op_put(keys.tx("not-a-transaction"), b"garbage"),
+                op_put(keys.tx("0" * 64), txs[0].raw),  # a transaction under another id
+            ],
+        )
+        with NetworkNode.open(folders["klinik-a"]) as net:
+            store = net.workspace.node.store
+            wait_for(lambda: net.seen([t.tx_id for t in txs]) == {t.tx_id for t in txs}, 20, "them")
+            wait_for(
+                lambda: not client.range(keys.pending, prefix_end(keys.pending)),
+                10,
+                "the pending keys to go",
+            )
+            ids = [Transaction.decode(r).tx_id for b in store.iter_blocks(1) for r in b.txs]
+            assert sorted(t for t in ids if t in {x.tx_id for x in txs}) == sorted(
+                x.tx_id for x in txs
+            )
+    finally:
+        client.close()
+
+
+def test_founding_nodes_start_at_different_etcd_members(
+    tmp_path: Path, etcd: LocalEtcdCluster
+) -> None:
+    folders = _folders(tmp_path, etcd)
+    members = len(etcd.endpoints)
+    firsts = {org: first_etcd_member(folder, org, members) for org, folder in folders.items()}
+    assert sorted(firsts.values()) == list(range(members))
+    # An organisation that is not a founder still gets a member.
+    assert 0 <= first_etcd_member(folders["klinik-a"], "klinik-baru", members) < members
 
 
 def test_peer_requests_must_be_signed_by_an_organisation(

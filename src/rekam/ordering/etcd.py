@@ -36,7 +36,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -64,6 +64,10 @@ PIPELINE = 2
 DELIVER_DEPTH = 4
 # Blocks the follower reads from etcd in one request.
 FOLLOW_BATCH = 16
+# Pending keys the cutter reads at most in one request when it reads them itself, and the
+# most its list keeps from the watch: under a backlog the rest stay in etcd (not in memory)
+# and are read, oldest first, once the list has room.
+PENDING_READ = 4000
 # A block's value in etcd is its transport bytes compressed with zlib behind this marker (a
 # block's canonical bytes start with "{", so both forms can be told apart). etcd's JSON
 # gateway carries every value in base64, once for the write and once per node reading it;
@@ -77,6 +81,19 @@ SUBMIT_BATCH = 256
 # The cutter drops checkpoint signatures and node registrations older than the window every
 # this many blocks (or every ``window`` blocks when the window is smaller).
 TRIM_EVERY = 50
+# With nothing to cut, the cutter reads the pending keys itself at most this often (seconds):
+# the watch that feeds it may have stalled without a sign, and a read finds what it missed.
+PENDING_RESYNC = 1.0
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A pending key as the cutter knows it: decoded when it arrived, not when a block is cut."""
+
+    key: bytes
+    created: int  # etcd's create revision: the cutter takes the oldest first
+    size: int
+    tx: Transaction | None  # None: malformed, or not stored under its own id (never cut)
 
 
 class EtcdError(Exception):
@@ -113,11 +130,14 @@ class KeyValue:
 class EtcdClient:
     """A small synchronous client for etcd's v3 JSON gateway, failing over between members."""
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 2.0) -> None:
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 2.0, first: int = 0) -> None:
         if not endpoints:
             raise EtcdError("no etcd endpoints given")
         self.endpoints = [e.rstrip("/") for e in endpoints]
-        self._current = 0
+        # Where requests go until that member fails; nodes start at different members so that
+        # the gateway work (JSON, base64) is spread over the cluster instead of one member.
+        self._current = first % len(self.endpoints)
+        self.first = self._current
         self._timeout = timeout
         self._http = httpx.Client(timeout=timeout)
         self._lock = threading.Lock()
@@ -466,6 +486,14 @@ class EtcdOrderer:
         self._head_moved = threading.Event()  # set by the watch on ``head``
         self._last_read = 0.0
         self._new_pending = threading.Event()
+        # The pending transactions as the cutter knows them, by key, decoded as the watch on
+        # ``pending/`` reports them (off the cutter's critical path), plus what the cutter's own
+        # reads of the pending keys find (at the start of every watch stream, and when it has
+        # had nothing to cut for PENDING_RESYNC seconds).
+        self._pending: dict[bytes, _Pending] = {}
+        self._pending_lock = threading.Lock()
+        self._pending_synced = 0.0
+        self._pending_overflow = False  # the watch reported keys the list had no room for
         # Wake-ups come from etcd watches. Followers watch ``head`` (rewritten with every
         # block, a few bytes) rather than the blocks, which the gateway would send to every
         # watcher in base64 JSON; only the node cutting blocks watches the pending keys, and
@@ -481,18 +509,7 @@ class EtcdOrderer:
         ]
         if cut_blocks:
             self._threads.append(threading.Thread(target=self._cutter, name="rekam-etcd-cut"))
-            pending = {
-                "key": _b64(self.keys.pending),
-                "range_end": _b64(prefix_end(self.keys.pending)),
-                "filters": ["NODELETE"],
-            }
-            self._threads.append(
-                threading.Thread(
-                    target=self._watch,
-                    args=(pending, self._new_pending.set, lambda: self.leading),
-                    name="rekam-watch",
-                )
-            )
+            self._threads.append(threading.Thread(target=self._watch_pending, name="rekam-watch"))
 
     def start(self) -> None:
         """Start following (and, when allowed, campaigning to cut blocks).
@@ -617,7 +634,9 @@ class EtcdOrderer:
             if active is not None and not active():
                 self._stop.wait(0.1)
                 continue
-            endpoint = self.client.endpoints[index % len(self.client.endpoints)]
+            endpoint = self.client.endpoints[
+                (self.client.first + index) % len(self.client.endpoints)
+            ]
             try:
                 timeout = httpx.Timeout(2.0, read=None)
                 with (
@@ -637,6 +656,112 @@ class EtcdOrderer:
             wake()  # the stream ended: let the loop read once, in case it missed a change
             if active is None or active():
                 self._stop.wait(0.2)
+
+    def _watch_pending(self) -> None:
+        """While this node leads, keep the cutter's list of pending transactions current.
+
+        Each stream starts with a read of the pending keys made after etcd created the watch,
+        so nothing submitted before or after it is missed; the events then bring each new
+        transaction's bytes, decoded here rather than when the cutter cuts a block. Deletions
+        are not watched: the cutter drops what it cut, and what another cutter ordered is
+        found in the chain before it could be cut again. The cutter reads the pending keys
+        itself when it has had nothing to cut for a while, so a stalled stream costs latency,
+        never a transaction.
+        """
+        index = 0
+        request = {
+            "key": _b64(self.keys.pending),
+            "range_end": _b64(prefix_end(self.keys.pending)),
+            "filters": ["NODELETE"],
+        }
+        body = {"create_request": request}
+        while not self._stop.is_set():
+            if not self.leading:
+                with self._pending_lock:
+                    self._pending.clear()
+                self._stop.wait(0.1)
+                continue
+            endpoint = self.client.endpoints[
+                (self.client.first + index) % len(self.client.endpoints)
+            ]
+            try:
+                timeout = httpx.Timeout(2.0, read=None)
+                with (
+                    httpx.Client(timeout=timeout) as http,
+                    http.stream("POST", endpoint + "/v3/watch", json=body) as reply,
+                ):
+                    synced = False
+                    for line in reply.iter_lines():
+                        if self._stop.is_set():
+                            return
+                        if not self.leading:
+                            break
+                        message = json.loads(line) if line.strip() else {}
+                        result = message.get("result", {})
+                        if "error" in message or result.get("canceled"):
+                            break  # e.g. compacted away: start a new stream and read again
+                        if not synced:
+                            # The watch exists now: a read from here on misses nothing.
+                            self._sync_pending()
+                            synced = True
+                        events = result.get("events") or []
+                        if events:
+                            self._add_pending(
+                                ((_unb64(e["kv"]["key"]), e["kv"]) for e in events if "kv" in e),
+                                room=PENDING_READ,
+                            )
+                            self._new_pending.set()
+            except (httpx.HTTPError, EtcdError, ValueError) as exc:
+                log.debug("the watch on pending transactions ended: %s", exc)
+            index += 1
+            self._new_pending.set()
+            if self.leading:
+                self._stop.wait(0.2)
+
+    def _add_pending(
+        self, kvs: Iterable[tuple[bytes, dict[str, Any]]], room: int | None = None
+    ) -> None:
+        """Decode newly reported pending keys into the cutter's list (known keys are kept).
+
+        With ``room``, keys beyond that many in the list are left in etcd and marked, so the
+        cutter reads them once the list has room.
+        """
+        found: list[_Pending] = []
+        with self._pending_lock:
+            known = set(self._pending)
+        for key, kv in kvs:
+            if key in known:
+                continue  # a retried submission: the same bytes under the same key
+            if room is not None and len(known) + len(found) >= room:
+                self._pending_overflow = True
+                continue
+            raw = _unb64(kv.get("value", ""))
+            try:
+                tx: Transaction | None = Transaction.decode(raw)
+            except LedgerError:
+                tx = None  # malformed bytes never reach a block
+            if tx is not None and key != self.keys.tx(tx.tx_id):
+                tx = None
+            found.append(_Pending(key, int(kv.get("create_revision", 0)), len(raw), tx))
+        if found:
+            with self._pending_lock:
+                for entry in found:
+                    self._pending.setdefault(entry.key, entry)
+
+    def _sync_pending(self) -> None:
+        """Read the oldest pending keys from etcd into the cutter's list."""
+        body: dict[str, Any] = {
+            "key": _b64(self.keys.pending),
+            "range_end": _b64(prefix_end(self.keys.pending)),
+            "limit": str(PENDING_READ),
+            "sort_order": "ASCEND",
+            "sort_target": "CREATE",
+            "serializable": True,
+        }
+        self._pending_synced = time.monotonic()
+        self._pending_overflow = False
+        reply = self.client.call("/v3/kv/range", body)
+        self._add_pending((_unb64(kv["key"]), kv) for kv in reply.get("kvs", []))
 
     def _follow_once(self) -> bool:
         if self.halted:
@@ -759,6 +884,12 @@ class EtcdOrderer:
                 # Cleared before cutting, so news arriving during the cut is not lost.
                 self._new_pending.clear()
                 cut = self._cut_once()
+                if (
+                    cut == 0 or (self._pending_overflow and len(self._pending) < PENDING_READ // 2)
+                ) and time.monotonic() - self._pending_synced >= PENDING_RESYNC:
+                    self._sync_pending()
+                    if cut == 0:
+                        cut = self._cut_once()
                 if cut == 0:
                     self._new_pending.wait(self._poll)
                 elif cut < self._max_txs:
@@ -840,31 +971,21 @@ class EtcdOrderer:
         if not own:
             self._inflight.clear()
         in_flight = set().union(*self._inflight.values()) if self._inflight else set()
-        kvs = self.client.range(
-            self.keys.pending,
-            prefix_end(self.keys.pending),
-            limit=self._max_txs,
-            by_create=True,
-            serializable=True,
-        )
-        if not kvs:
+        with self._pending_lock:
+            oldest = sorted(self._pending.values(), key=lambda p: p.created)[: self._max_txs]
+        if not oldest:
             return 0
         txs: list[Transaction] = []
         size = 0
         stale: list[bytes] = []
-        for kv in kvs:
-            try:
-                tx = Transaction.decode(kv.value)
-            except LedgerError:
-                stale.append(kv.key)  # malformed bytes never reach a block
+        for entry in oldest:
+            if entry.tx is None:
+                stale.append(entry.key)
                 continue
-            if kv.key != self.keys.tx(tx.tx_id):
-                stale.append(kv.key)
-                continue
-            if size + len(kv.value) > MAX_BLOCK_BYTES and txs:
+            if size + entry.size > MAX_BLOCK_BYTES and txs:
                 break
-            size += len(kv.value)
-            txs.append(tx)
+            size += entry.size
+            txs.append(entry.tx)
         done = self._chain.seen([tx.tx_id for tx in txs]) | {
             tx.tx_id for tx in txs if tx.tx_id in in_flight
         }
@@ -877,6 +998,7 @@ class EtcdOrderer:
         if not fresh:
             if ops:
                 self.client.txn(compare, ops)
+                self._forget_pending(stale)
             return 0
         block = cut_block(
             self._network,
@@ -903,6 +1025,7 @@ class EtcdOrderer:
         if not ok:
             self._last_cut = None
         if ok:
+            self._forget_pending(stale + [self.keys.tx(tx.tx_id) for tx in fresh])
             self.blocks_cut += 1
             self._last_cut = new_head
             # This node's follower hands them to its node with the block: decoded once.
@@ -920,6 +1043,11 @@ class EtcdOrderer:
                 # so watchers and slow readers are not cut off.
                 self.client.compact(max(1, self.client.revision() - 10_000))
         return len(fresh) if ok else 0
+
+    def _forget_pending(self, keys: Iterable[bytes]) -> None:
+        with self._pending_lock:
+            for key in keys:
+                self._pending.pop(key, None)
 
     def _trim(self, height: int) -> None:
         """Drop checkpoint signatures and node registrations older than the window.
