@@ -36,7 +36,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -634,16 +634,9 @@ class EtcdOrderer:
             if active is not None and not active():
                 self._stop.wait(0.1)
                 continue
-            endpoint = self.client.endpoints[
-                (self.client.first + index) % len(self.client.endpoints)
-            ]
             try:
-                timeout = httpx.Timeout(2.0, read=None)
-                with (
-                    httpx.Client(timeout=timeout) as http,
-                    http.stream("POST", endpoint + "/v3/watch", json=body) as reply,
-                ):
-                    for line in reply.iter_lines():
+                with self._watch_stream(index, body) as lines:
+                    for line in lines:
                         if self._stop.is_set():
                             return
                         if '"events"' in line:
@@ -656,6 +649,18 @@ class EtcdOrderer:
             wake()  # the stream ended: let the loop read once, in case it missed a change
             if active is None or active():
                 self._stop.wait(0.2)
+
+    @contextlib.contextmanager
+    def _watch_stream(self, index: int, body: dict[str, Any]) -> Iterator[Iterator[str]]:
+        """The lines of a watch stream on the ``index``-th member after this node's first
+        (each new stream moves on, so a dead member is left behind)."""
+        endpoint = self.client.endpoints[(self.client.first + index) % len(self.client.endpoints)]
+        # No read timeout: a watch stream is quiet until something changes.
+        with (
+            httpx.Client(timeout=httpx.Timeout(2.0, read=None)) as http,
+            http.stream("POST", endpoint + "/v3/watch", json=body) as reply,
+        ):
+            yield reply.iter_lines()
 
     def _watch_pending(self) -> None:
         """While this node leads, keep the cutter's list of pending transactions current.
@@ -681,17 +686,10 @@ class EtcdOrderer:
                     self._pending.clear()
                 self._stop.wait(0.1)
                 continue
-            endpoint = self.client.endpoints[
-                (self.client.first + index) % len(self.client.endpoints)
-            ]
             try:
-                timeout = httpx.Timeout(2.0, read=None)
-                with (
-                    httpx.Client(timeout=timeout) as http,
-                    http.stream("POST", endpoint + "/v3/watch", json=body) as reply,
-                ):
+                with self._watch_stream(index, body) as lines:
                     synced = False
-                    for line in reply.iter_lines():
+                    for line in lines:
                         if self._stop.is_set():
                             return
                         if not self.leading:
