@@ -287,7 +287,8 @@ def capability_statement(base: str) -> dict[str, Any]:
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
-        "date": "2026-11-23",
+        # When this statement last changed (FHIR's meaning of the element): Patient?name=.
+        "date": "2026-11-24",
         "kind": "instance",
         "software": {"name": "Rekam", "version": "0.1.0"},
         "implementation": {"description": "Rekam node FHIR API", "url": base},
