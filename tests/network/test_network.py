@@ -38,8 +38,9 @@ from rekam.service.network import (
 )
 from rekam.service.network_demo import run_network_demo
 from rekam.service.node import NotCommittedError
+from rekam.service.records import WriteResult
 from rekam.service.verify import verify_chain
-from rekam.service.workspace import OrgSpec, Workspace
+from rekam.service.workspace import Actor, OrgSpec, Workspace
 from tests.network.harness import ORGS, require_etcd, wait_for
 
 
@@ -71,6 +72,26 @@ def _folders(tmp: Path, etcd: LocalEtcdCluster, **settings: int) -> dict[str, Pa
 def _enrol(net: NetworkNode) -> None:
     ws = net.workspace
     ws.admin.enrol_member(ws.actor(net.config.org), "doctor", "pw")
+
+
+def _member_of(ws: Workspace, org: str, role: str) -> Actor:
+    """A newly enrolled member of ``org``, unlocked."""
+    return ws.actor(ws.admin.enrol_member(ws.actor(org), role, "pw").id, "pw")
+
+
+def _condition_at(ws: Workspace, org: str, seed: int) -> tuple[Actor, Actor, WriteResult]:
+    """A doctor of ``org``, a patient registered there and a Condition the doctor wrote."""
+    doctor = _member_of(ws, org, "doctor")
+    patient = ws.actor(ws.admin.register_patient(ws.actor(org), "pw")[0].id, "pw")
+    resource = synthetic.condition(random.Random(seed), patient.id, None, doctor.id)
+    return doctor, patient, ws.records.write(doctor, resource, patient=patient.id)
+
+
+def _consent(ws: Workspace, patient: Actor, grantee: Actor) -> None:
+    """The patient's consent to ``grantee`` for every type, for treatment, for a day."""
+    ws.consent.grant(
+        patient, patient.id, grantee.id, resource_types=["*"], purpose="treatment", days=1
+    )
 
 
 def test_retried_submission_is_ordered_once(tmp_path: Path, etcd: LocalEtcdCluster) -> None:
@@ -447,14 +468,9 @@ def test_the_ordinary_read_fetches_content_from_the_authoring_node_and_checks_it
             NetworkNode.open(folders["klinik-b"], cut_blocks=False) as b,
         ):
             wa, wb = a.workspace, b.workspace
-            doctor = wa.actor(wa.admin.enrol_member(wa.actor("klinik-a"), "doctor", "pw").id, "pw")
-            reader = wb.actor(wb.admin.enrol_member(wb.actor("klinik-b"), "doctor", "pw").id, "pw")
-            patient = wa.actor(wa.admin.register_patient(wa.actor("klinik-a"), "pw")[0].id, "pw")
-            resource = synthetic.condition(random.Random(2), patient.id, None, doctor.id)
-            rec = wa.records.write(doctor, resource, patient=patient.id)
-            wa.consent.grant(
-                patient, patient.id, reader.id, resource_types=["*"], purpose="treatment", days=1
-            )
+            doctor, patient, rec = _condition_at(wa, "klinik-a", seed=2)
+            reader = _member_of(wb, "klinik-b", "doctor")
+            _consent(wa, patient, reader)
             assert b.wait_for_height(wa.node.head.height, 20)
             assert b.local_blobs.get(rec.content_hash) is None
 
@@ -486,23 +502,16 @@ def test_a_later_consent_to_another_member_is_read_with_the_content_already_held
         NetworkNode.open(folders["klinik-b"], cut_blocks=False) as b,
     ):
         wa, wb = a.workspace, b.workspace
-        doctor = wa.actor(wa.admin.enrol_member(wa.actor("klinik-a"), "doctor", "pw").id, "pw")
-        first = wb.actor(wb.admin.enrol_member(wb.actor("klinik-b"), "doctor", "pw").id, "pw")
-        second = wb.actor(wb.admin.enrol_member(wb.actor("klinik-b"), "nurse", "pw").id, "pw")
-        patient = wa.actor(wa.admin.register_patient(wa.actor("klinik-a"), "pw")[0].id, "pw")
-        resource = synthetic.condition(random.Random(3), patient.id, None, doctor.id)
-        rec = wa.records.write(doctor, resource, patient=patient.id)
-        wa.consent.grant(
-            patient, patient.id, first.id, resource_types=["*"], purpose="treatment", days=1
-        )
+        _doctor, patient, rec = _condition_at(wa, "klinik-a", seed=3)
+        first = _member_of(wb, "klinik-b", "doctor")
+        second = _member_of(wb, "klinik-b", "nurse")
+        _consent(wa, patient, first)
         assert b.wait_for_height(wa.node.head.height, 20)
         wb.records.read(first, rec.record)
         assert b.local_blobs.get(rec.content_hash) is not None  # held since the first read
         # A later consent to another member of the same organisation: the content is here,
         # that member's key is not yet; the read asks the custodian's node for it.
-        wa.consent.grant(
-            patient, patient.id, second.id, resource_types=["*"], purpose="treatment", days=1
-        )
+        _consent(wa, patient, second)
         assert b.wait_for_height(wa.node.head.height, 20)
         assert wb.node.store.get_wrapped_key(rec.record, 1, second.id) is None
         read = wb.records.read(second, rec.record)

@@ -680,19 +680,22 @@ def create_portal(
         await call(ws.consent.revoke, session.actor, consent)
         return redirect("/me/consents", "revoked")
 
-    @app.post("/me/requests/{access_request}/grant")
-    async def grant_request(request: Request, access_request: str) -> Response:
-        session = current(request, "patient")
-        await form_of(request, session)
-        await call(ws.consent.grant_request, session.actor, session.actor.id, access_request[:80])
-        return redirect("/me/consents", "granted")
+    # A patient answers a clinician's request: grant (a consent of exactly the requested
+    # scope) or decline (a consent.decline on the chain); each with its notice.
+    request_answers = {
+        "grant": (ws.consent.grant_request, "granted"),
+        "decline": (ws.consent.decline_request, "request_declined"),
+    }
 
-    @app.post("/me/requests/{access_request}/decline")
-    async def decline_request(request: Request, access_request: str) -> Response:
+    @app.post("/me/requests/{access_request}/{answer}")
+    async def answer_request(request: Request, access_request: str, answer: str) -> Response:
         session = current(request, "patient")
+        if answer not in request_answers:
+            raise PortalError(404, "not_found")
         await form_of(request, session)
-        await call(ws.consent.decline_request, session.actor, session.actor.id, access_request[:80])
-        return redirect("/me/consents", "request_declined")
+        act, notice = request_answers[answer]
+        await call(act, session.actor, session.actor.id, access_request[:80])
+        return redirect("/me/consents", notice)
 
     # -- clinicians: requesting access from a patient ------------------------------------
 
