@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -65,8 +66,8 @@ def _same_decision(data: bytes | str) -> None:
         assert json.dumps(fast[1], sort_keys=True) == json.dumps(full[1], sort_keys=True)
 
 
-def _fast_accepts(text: str) -> bool:
-    return _canonical._parse_canonical_fast(text) is not _canonical._UNDECIDED
+def _fast_accepts(data: bytes | str) -> bool:
+    return _canonical._parse_canonical_fast(data) is not _canonical._UNDECIDED
 
 
 # --- the vectors -------------------------------------------------------------------------------
@@ -96,9 +97,56 @@ def test_canonical_vectors_decide_alike(case: dict[str, Any]) -> None:
 
 def test_transaction_envelopes_take_the_fast_path() -> None:
     for vector in VECTORS["transactions"]:
-        text = bytes.fromhex(vector["envelope_canonical_hex"]).decode("utf-8")
+        raw = bytes.fromhex(vector["envelope_canonical_hex"])
+        text = raw.decode("utf-8")
         assert _fast_accepts(text)
+        assert _fast_accepts(raw)
         assert parse(text, require_canonical=True) == _full_parse(text)
+        assert parse(raw, require_canonical=True) == _full_parse(raw)
+
+
+# --- the bytes fast path (orjson) against the C encoder -------------------------------------
+
+
+def test_orjson_escapes_every_bmp_character_as_the_c_encoder_does() -> None:
+    """The bytes fast path relies on orjson writing each character exactly as canonical()."""
+    for code in range(0x10000):
+        if 0xD800 <= code <= 0xDFFF:
+            continue  # surrogates are no characters: both refuse them
+        value = {"k" + chr(code): chr(code)}
+        assert orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == canonical(value), hex(code)
+
+
+@FAST
+@given(
+    st.dictionaries(
+        st.text(st.characters(max_codepoint=0xFFFF, exclude_categories=["Cs"]), max_size=4),
+        st.integers(0, 9),
+        max_size=8,
+    )
+)
+def test_orjson_sorts_bmp_member_names_as_canonical_does(value: dict[str, int]) -> None:
+    assert orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == canonical(value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[1.0]",
+        '{"a":1e3}',
+        "[-0.5]",
+        "[9007199254740992]",
+        "[-9007199254740992]",
+        "1.0",
+        "[" * 33 + "]" * 33,
+        '{"a":1,"a":1}',
+        '"\\ud800"',
+        '"\\ud83d\\ude00"',
+        '"\U0001f600"',
+    ],
+)
+def test_bytes_fast_path_leaves_these_to_the_full_path(text: str) -> None:
+    assert not _fast_accepts(text.encode("utf-8"))
 
 
 # --- what the fast path must leave to the full one ---------------------------------------------

@@ -17,6 +17,7 @@ from rekam.encoding._canonical import (
     digest,
     from_hex,
     parse,
+    parse_accepted,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "digest",
     "from_hex",
     "parse",
+    "parse_accepted",
 ]

@@ -37,6 +37,10 @@ def _worker_start() -> None:
     # Nothing inherited from the parent becomes garbage in a worker. Frozen, it is left out of
     # collections, which would otherwise write to (and so copy) every inherited page.
     gc.freeze()
+    # A forked worker lives for one verification and only decodes and checks: what it builds
+    # holds no reference cycles and is freed by reference counting, so the collector's
+    # passes over every new batch would find nothing.
+    gc.disable()
 
 
 def worker_count(limit: int) -> int:
