@@ -41,12 +41,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
+import orjson
 
 from rekam.crypto import Signer
 from rekam.ledger._errors import LedgerError, MalformedError
 from rekam.ledger.block import Block, cut_block
 from rekam.ledger.tx import Transaction
+from rekam.ordering._http import TRANSPORT_ERRORS, Connections
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class EtcdClient:
         self._current = first % len(self.endpoints)
         self.first = self._current
         self._timeout = timeout
-        self._http = httpx.Client(timeout=timeout)
+        self._http = Connections(timeout)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -150,30 +151,42 @@ class EtcdClient:
         """POST a gateway request, trying each member once; EtcdUnavailable if none answers."""
         tries = attempts or len(self.endpoints)
         last = "no member tried"
+        payload = orjson.dumps(body)
         for _ in range(tries):
             with self._lock:
                 endpoint = self.endpoints[self._current]
             try:
-                response = self._http.post(endpoint + path, json=body)
-            except httpx.HTTPError as exc:
+                status, answer = self._http.post(endpoint, path, payload)
+            except TRANSPORT_ERRORS as exc:
                 last = type(exc).__name__
             else:
-                if response.status_code == 200:
-                    return response.json()
-                # A member without a leader answers with an error ("no leader", "request
-                # timed out"): another member may still be in the majority.
-                last = f"HTTP {response.status_code}: {self._message(response)}"
+                if status == 200:
+                    try:
+                        return orjson.loads(answer)
+                    except orjson.JSONDecodeError:
+                        last = "an answer that is not JSON"
+                else:
+                    # A member without a leader answers with an error ("no leader", "request
+                    # timed out"): another member may still be in the majority.
+                    last = f"HTTP {status}: {self._message(answer)}"
             with self._lock:
                 if self.endpoints[self._current] == endpoint:
                     self._current = (self._current + 1) % len(self.endpoints)
         raise EtcdUnavailable(f"etcd did not answer ({last})")
 
+    def stream(
+        self, endpoint: str, path: str, body: dict[str, Any]
+    ) -> contextlib.AbstractContextManager[Iterator[bytes]]:
+        """A streamed gateway request (a watch): a context manager over the answer's lines."""
+        return self._http.stream(endpoint, path, orjson.dumps(body))
+
     @staticmethod
-    def _message(response: httpx.Response) -> str:
+    def _message(answer: bytes) -> str:
         try:
-            return str(response.json().get("error", ""))[:200]
-        except ValueError:
+            reply = orjson.loads(answer)
+        except orjson.JSONDecodeError:
             return ""
+        return str(reply.get("error", ""))[:200] if isinstance(reply, dict) else ""
 
     # -- key-value ------------------------------------------------------------------------
 
@@ -272,7 +285,10 @@ class EtcdClient:
         out: list[dict[str, Any]] = []
         for endpoint in self.endpoints:
             try:
-                reply = self._http.post(endpoint + "/v3/maintenance/status", json={}).json()
+                status, answer = self._http.post(endpoint, "/v3/maintenance/status", b"{}")
+                if status != 200:
+                    raise ValueError(f"HTTP {status}")
+                reply = orjson.loads(answer)
                 out.append(
                     {
                         "endpoint": endpoint,
@@ -283,7 +299,7 @@ class EtcdClient:
                         "version": reply.get("version", ""),
                     }
                 )
-            except (httpx.HTTPError, ValueError, KeyError):
+            except (*TRANSPORT_ERRORS, ValueError, KeyError):
                 out.append({"endpoint": endpoint, "up": False})
         return out
 
@@ -639,28 +655,24 @@ class EtcdOrderer:
                     for line in lines:
                         if self._stop.is_set():
                             return
-                        if '"events"' in line:
+                        if b'"events"' in line:
                             wake()
                         if active is not None and not active():
                             break
-            except httpx.HTTPError:
+            except TRANSPORT_ERRORS:
                 pass
             index += 1
             wake()  # the stream ended: let the loop read once, in case it missed a change
             if active is None or active():
                 self._stop.wait(0.2)
 
-    @contextlib.contextmanager
-    def _watch_stream(self, index: int, body: dict[str, Any]) -> Iterator[Iterator[str]]:
+    def _watch_stream(
+        self, index: int, body: dict[str, Any]
+    ) -> contextlib.AbstractContextManager[Iterator[bytes]]:
         """The lines of a watch stream on the ``index``-th member after this node's first
         (each new stream moves on, so a dead member is left behind)."""
         endpoint = self.client.endpoints[(self.client.first + index) % len(self.client.endpoints)]
-        # No read timeout: a watch stream is quiet until something changes.
-        with (
-            httpx.Client(timeout=httpx.Timeout(2.0, read=None)) as http,
-            http.stream("POST", endpoint + "/v3/watch", json=body) as reply,
-        ):
-            yield reply.iter_lines()
+        return self.client.stream(endpoint, "/v3/watch", body)
 
     def _watch_pending(self) -> None:
         """While this node leads, keep the cutter's list of pending transactions current.
@@ -694,7 +706,7 @@ class EtcdOrderer:
                             return
                         if not self.leading:
                             break
-                        message = json.loads(line) if line.strip() else {}
+                        message = orjson.loads(line) if line.strip() else {}
                         result = message.get("result", {})
                         if "error" in message or result.get("canceled"):
                             break  # e.g. compacted away: start a new stream and read again
@@ -709,7 +721,7 @@ class EtcdOrderer:
                                 room=PENDING_READ,
                             )
                             self._new_pending.set()
-            except (httpx.HTTPError, EtcdError, ValueError) as exc:
+            except (*TRANSPORT_ERRORS, EtcdError, ValueError) as exc:
                 log.debug("the watch on pending transactions ended: %s", exc)
             index += 1
             self._new_pending.set()
