@@ -192,12 +192,15 @@ class Block:
         """The organisation whose key signed the block."""
         return str(self.header["orderer"])
 
-    @property
+    # Computed once per block object: a block's hash is asked for by the cutter, the
+    # validator, the store and the status alike. The header is never changed after a block
+    # is made (a changed block is a new Block), so the cache cannot go stale.
+    @cached_property
     def header_bytes(self) -> bytes:
         """Canonical bytes of the header."""
         return canonical(self.header)
 
-    @property
+    @cached_property
     def hash(self) -> str:
         """SHA-256 of the canonical header, hex."""
         return hashlib.sha256(self.header_bytes).hexdigest()

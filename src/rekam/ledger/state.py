@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeGuard, runtime_checkable
 
 ColumnType = Literal["str", "int", "bool", "strlist"]
 Row = Mapping[str, Any]
@@ -157,6 +157,20 @@ class Prefetching(Protocol):
 Fetched = tuple[dict[str, dict[str, Row | None]], dict[str, bool]]
 
 
+def is_prefetching(reader: object) -> TypeGuard[Prefetching]:
+    """``isinstance(reader, Prefetching)``, without typing's protocol check.
+
+    Asked once or twice per block; the runtime protocol check costs more than the rest of
+    a small block's validation bookkeeping.
+    """
+    return callable(getattr(reader, "prefetch", None))
+
+
+def is_fetching(reader: object) -> TypeGuard[Fetching]:
+    """``isinstance(reader, Fetching)``, as cheaply as ``is_prefetching``."""
+    return callable(getattr(reader, "fetch", None))
+
+
 @runtime_checkable
 class Fetching(Protocol):
     """Optional: a reader that returns many rows at once without waiting for its writers."""
@@ -258,9 +272,9 @@ class Stacked:
 
     def prefetch(self, wanted: Mapping[str, Iterable[str]], tx_ids: Iterable[str]) -> None:
         """Read what a block will ask for: into the memo, or as the base's own warm-up."""
-        if isinstance(self.base, Fetching):
+        if is_fetching(self.base):
             self._rows, self._seen = self.base.fetch(wanted, tx_ids)
-        elif isinstance(self.base, Prefetching):
+        elif is_prefetching(self.base):
             self.base.prefetch(wanted, tx_ids)
 
 

@@ -17,7 +17,7 @@ from rekam.encoding import b64d
 from rekam.ledger._errors import InvalidBlockError, MalformedError
 from rekam.ledger.block import ZERO_HASH, Block, Genesis, check_header, genesis_block, tx_root
 from rekam.ledger.rules import Context, Reject, add_state_keys, apply_rule, authenticate
-from rekam.ledger.state import Delta, MemoryState, Overlay, Prefetching, StateReader
+from rekam.ledger.state import Delta, MemoryState, Overlay, StateReader, is_prefetching
 from rekam.ledger.tx import Transaction
 
 
@@ -157,7 +157,7 @@ def apply_block(
     check_block(st, genesis, head, block, own_root=own_root)
     decoded = decode_all(block.txs) if txs is None else list(txs)
     sigs = check_signatures(decoded) if sig_ok is None else list(sig_ok)
-    if isinstance(st, Prefetching):
+    if is_prefetching(st):
         wanted: dict[str, set[str]] = {}
         for tx in decoded:
             if tx is not None:

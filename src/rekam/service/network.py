@@ -45,7 +45,7 @@ from rekam.encoding import b64d, b64e, canonical
 from rekam.ledger._errors import LedgerError
 from rekam.ledger.block import Block, Checkpoint, Genesis, genesis_block
 from rekam.ledger.merkle import leaf_hash
-from rekam.ledger.state import Fetching
+from rekam.ledger.state import is_fetching
 from rekam.ledger.tx import SIGNING_DOMAIN, Transaction, make_tx, new_id, unsigned_tx
 from rekam.ledger.validate import BlockResult, TxResult, check_block, genesis_delta
 from rekam.net.peer import PeerClient, PeerError, PeerServer
@@ -325,7 +325,7 @@ class NetworkNode:
         transactions of the blocks it cut that its node has not stored itself.
         """
         store = self.workspace.node.store
-        if isinstance(store, Fetching):
+        if is_fetching(store):
             _, found = store.fetch({}, tx_ids)
             return {tx_id for tx_id, present in found.items() if present}
         store.prefetch({}, tx_ids)
