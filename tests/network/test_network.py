@@ -21,7 +21,16 @@ from rekam.ledger.block import Block, Checkpoint
 from rekam.ledger.tx import Transaction, make_tx
 from rekam.net.auth import sign_request
 from rekam.net.peer import PeerClient, PeerError
-from rekam.ordering.etcd import EtcdClient, Keys, block_value, op_delete, op_put, prefix_end
+from rekam.ordering import etcd as etcd_ordering
+from rekam.ordering.etcd import (
+    EtcdClient,
+    EtcdOrderer,
+    Keys,
+    block_value,
+    op_delete,
+    op_put,
+    prefix_end,
+)
 from rekam.ordering.etcd_local import LocalEtcdCluster, free_ports
 from rekam.records import synthetic
 from rekam.service.datadir import DataDir
@@ -172,6 +181,72 @@ def test_transactions_pending_before_a_node_cuts_are_ordered_and_bad_keys_droppe
             )
     finally:
         client.close()
+
+
+def _revocations(net: NetworkNode, count: int) -> list[Transaction]:
+    """``count`` distinct, well-formed transactions (one member revoked ``count`` times: the
+    cutter orders what is well formed; the rules then refuse all but the first)."""
+    ws = net.workspace
+    org = ws.actor(net.config.org)
+    member = ws.admin.enrol_member(org, "doctor", "pw")
+    return [
+        make_tx(
+            ws.node.network_id,
+            "member.revoke",
+            org.id,
+            org.identity.signer,
+            {"member": member.id},
+            ws.node.clock(),
+        )
+        for _ in range(count)
+    ]
+
+
+def _ordered_ids(net: NetworkNode) -> list[str]:
+    store = net.workspace.node.store
+    return [Transaction.decode(r).tx_id for b in store.iter_blocks(1) for r in b.txs]
+
+
+def test_a_backlog_beyond_the_cutters_list_is_ordered_oldest_first_and_once(
+    tmp_path: Path, etcd: LocalEtcdCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cutter keeps at most PENDING_READ pending transactions in memory; the rest wait in
+    etcd and are read, oldest first, as its list empties."""
+    monkeypatch.setattr(etcd_ordering, "PENDING_READ", 8)
+    folders = _folders(tmp_path, etcd)
+    with NetworkNode.open(folders["klinik-a"]) as net:
+        txs = _revocations(net, 30)
+    keys = Keys(txs[0].network)
+    client = EtcdClient(etcd.endpoints)
+    try:
+        for tx in txs:  # one put each: each gets its own, later, create revision
+            client.put(keys.tx(tx.tx_id), tx.raw)
+        with NetworkNode.open(folders["klinik-a"]) as net:
+            wanted = {tx.tx_id for tx in txs}
+            wait_for(lambda: wanted <= net.seen(list(wanted)), 30, "the whole backlog")
+            ordered = [t for t in _ordered_ids(net) if t in wanted]
+            assert ordered == [tx.tx_id for tx in txs]  # once each, in submission order
+            assert not client.range(keys.pending, prefix_end(keys.pending))
+    finally:
+        client.close()
+
+
+def test_a_stalled_watch_costs_latency_not_transactions(
+    tmp_path: Path, etcd: LocalEtcdCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the watch on pending transactions silent, the cutter's own periodic read of the
+    pending keys still finds what was submitted."""
+
+    def stalled(self: EtcdOrderer) -> None:
+        self._stop.wait()  # a stream that never says anything
+
+    monkeypatch.setattr(EtcdOrderer, "_watch_pending", stalled)
+    folders = _folders(tmp_path, etcd)
+    with NetworkNode.open(folders["klinik-a"]) as net:
+        txs = _revocations(net, 3)
+        for tx in txs:
+            assert net.workspace.node.submit_wait(tx, timeout=20).tx_id == tx.tx_id
+        assert sum(_ordered_ids(net).count(tx.tx_id) for tx in txs) == 3
 
 
 def test_founding_nodes_start_at_different_etcd_members(
