@@ -103,13 +103,14 @@ def _consent(ws: Workspace, patient: Actor, grantee: Actor) -> None:
     )
 
 
-def test_retried_submission_is_ordered_once(tmp_path: Path, etcd: LocalEtcdCluster) -> None:
-    folders = _folders(tmp_path, etcd)
-    with NetworkNode.open(folders["klinik-a"]) as net:
-        ws = net.workspace
-        org = ws.actor("klinik-a")
-        member = ws.admin.enrol_member(org, "doctor", "pw")
-        tx = make_tx(
+def _revocations(net: NetworkNode, count: int) -> list[Transaction]:
+    """``count`` distinct, well-formed transactions (one member revoked ``count`` times: the
+    cutter orders what is well formed; the rules then refuse all but the first)."""
+    ws = net.workspace
+    org = ws.actor(net.config.org)
+    member = ws.admin.enrol_member(org, "doctor", "pw")
+    return [
+        make_tx(
             ws.node.network_id,
             "member.revoke",
             org.id,
@@ -117,6 +118,20 @@ def test_retried_submission_is_ordered_once(tmp_path: Path, etcd: LocalEtcdClust
             {"member": member.id},
             ws.node.clock(),
         )
+        for _ in range(count)
+    ]
+
+
+def _ordered_ids(net: NetworkNode) -> list[str]:
+    store = net.workspace.node.store
+    return [Transaction.decode(r).tx_id for b in store.iter_blocks(1) for r in b.txs]
+
+
+def test_retried_submission_is_ordered_once(tmp_path: Path, etcd: LocalEtcdCluster) -> None:
+    folders = _folders(tmp_path, etcd)
+    with NetworkNode.open(folders["klinik-a"]) as net:
+        ws = net.workspace
+        [tx] = _revocations(net, 1)
         assert net.orderer is not None
         # A client that timed out retries: the same transaction reaches etcd three times.
         net.orderer.submit(tx)
@@ -126,8 +141,7 @@ def test_retried_submission_is_ordered_once(tmp_path: Path, etcd: LocalEtcdClust
         net.orderer.submit(tx)  # and once more after it committed
         _enrol(net)  # later blocks are cut after the late retry was seen
         _enrol(net)
-        ids = [Transaction.decode(raw).tx_id for b in ws.node.store.iter_blocks(1) for raw in b.txs]
-        assert ids.count(tx.tx_id) == 1
+        assert _ordered_ids(net).count(tx.tx_id) == 1
         pending = net.orderer.client.range(
             net.orderer.keys.pending, net.orderer.keys.pending + b"\xff"
         )
@@ -168,43 +182,18 @@ def test_transactions_pending_before_a_node_cuts_are_ordered_and_bad_keys_droppe
             ],
         )
         with NetworkNode.open(folders["klinik-a"]) as net:
-            store = net.workspace.node.store
             wait_for(lambda: net.seen([t.tx_id for t in txs]) == {t.tx_id for t in txs}, 20, "them")
             wait_for(
                 lambda: not client.range(keys.pending, prefix_end(keys.pending)),
                 10,
                 "the pending keys to go",
             )
-            ids = [Transaction.decode(r).tx_id for b in store.iter_blocks(1) for r in b.txs]
+            ids = _ordered_ids(net)
             assert sorted(t for t in ids if t in {x.tx_id for x in txs}) == sorted(
                 x.tx_id for x in txs
             )
     finally:
         client.close()
-
-
-def _revocations(net: NetworkNode, count: int) -> list[Transaction]:
-    """``count`` distinct, well-formed transactions (one member revoked ``count`` times: the
-    cutter orders what is well formed; the rules then refuse all but the first)."""
-    ws = net.workspace
-    org = ws.actor(net.config.org)
-    member = ws.admin.enrol_member(org, "doctor", "pw")
-    return [
-        make_tx(
-            ws.node.network_id,
-            "member.revoke",
-            org.id,
-            org.identity.signer,
-            {"member": member.id},
-            ws.node.clock(),
-        )
-        for _ in range(count)
-    ]
-
-
-def _ordered_ids(net: NetworkNode) -> list[str]:
-    store = net.workspace.node.store
-    return [Transaction.decode(r).tx_id for b in store.iter_blocks(1) for r in b.txs]
 
 
 def test_a_backlog_beyond_the_cutters_list_is_ordered_oldest_first_and_once(
