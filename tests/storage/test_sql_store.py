@@ -806,3 +806,33 @@ def test_a_bad_row_deep_in_a_large_block_stores_nothing(store: SqlChainStore) ->
     assert store.head() == (0, g.hash)
     assert list(store.state_rows("record")) == []
     assert store.block_txs(1) == []
+
+
+def test_a_lost_database_connection_is_replaced(open_stores: Factory, backend: str) -> None:
+    """A server that drops the store's connections: the next call fails with a StoreError
+    naming what failed (no values), and the store reconnects for the one after it."""
+    if backend != "postgresql":
+        pytest.skip("only a server can drop a connection")
+    store = open_stores()
+    g = init(store)
+    b1 = append(store, g, ["a"], delta(("record", "r-0", row("record", 0))))
+    store.get("record", "r-0")  # both of the store's connections are open now
+    store.fetch({"record": ["r-0"]}, [])
+    admin = open_stores()
+    with admin._engine.connect() as conn:
+        conn.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    block = next_block(b1, [tx_bytes("b")])
+    writes = delta(("record", "r-1", row("record", 1)))
+    with pytest.raises(StoreError, match=r"storing block 2 \(reading the head\) failed") as lost:
+        store.append_block(block, committed(block.txs), writes)
+    assert "r-1" not in str(lost.value)
+    store.append_block(block, committed(block.txs), writes)  # on a new connection
+    assert store.head() == (2, block.hash)
+    assert store.get("record", "r-1") == row("record", 1)
+    with pytest.raises(StoreError, match="reading state failed"):
+        store.fetch({"record": ["r-1"]}, [])  # the second connection was dropped too
+    rows, _ = store.fetch({"record": ["r-1"]}, [])
+    assert rows["record"]["r-1"] == row("record", 1)

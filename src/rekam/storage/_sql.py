@@ -306,6 +306,7 @@ def _on_cursor(conn: Connection, sql: str, params: Any = (), *, many: bool = Fal
             params,
             exc,
             dialect.loaded_dbapi.Error,
+            hide_parameters=True,  # as the engines are made: no values in any message
             connection_invalidated=lost,
             dialect=dialect,
         ) from None
