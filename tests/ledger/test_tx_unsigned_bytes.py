@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -157,3 +158,22 @@ def test_generated_transactions(raw: bytes) -> None:
     decoded = Transaction.decode(raw)
     assert decoded.raw == raw
     _check(decoded)
+
+
+@SETTINGS
+@given(envelopes())
+def test_decoded_transactions_are_what_the_dataclass_makes_and_pickle_alike(raw: bytes) -> None:
+    """decode() fills the instance directly and pickles as the bytes and the id; both must
+    give exactly the object the dataclass's own constructor makes from the same fields."""
+    decoded = Transaction.decode(raw)
+    made = Transaction(
+        tx=decoded.tx,
+        signatures=decoded.signatures,
+        raw=decoded.raw,
+        tx_id=decoded.tx_id,
+        signed_message=decoded.signed_message,
+    )
+    for other in (made, pickle.loads(pickle.dumps(decoded))):
+        assert other == decoded
+        assert vars(other) == vars(decoded)  # type and signer too, nothing else
+        assert (other.type, other.signer) == (decoded.tx["type"], decoded.tx["signer"])

@@ -376,7 +376,7 @@ class Transaction:
             if _SUBJECT(item["by"]) is not None:
                 raise MalformedError("signature by must be an org, member or patient id")
             try:
-                key, sig = b64d(item["key"]), b64d(item["sig"])
+                key, sig = _public_key(item["key"]), b64d(item["sig"])
             except CanonicalError:
                 raise MalformedError("signature key and sig must be base64url") from None
             parsed.append(Signature(item["by"], key, sig))
@@ -392,29 +392,59 @@ class Transaction:
 
     @classmethod
     def _build(
-        cls, tx: dict[str, Any], signatures: tuple[Signature, ...], raw: bytes
+        cls,
+        tx: dict[str, Any],
+        signatures: tuple[Signature, ...],
+        raw: bytes,
+        tx_id: str | None = None,
     ) -> Transaction:
         unsigned = _unsigned_bytes(raw, tx)
-        return cls(
+        made = object.__new__(cls)
+        # The dataclass's own __init__ sets each field through object.__setattr__ (it is
+        # frozen), then __post_init__ two more: a tenth of a whole decode. Filling the
+        # instance's dictionary directly makes the same object (tests/ledger compares them).
+        made.__dict__.update(
             tx=tx,
             signatures=signatures,
             raw=raw,
-            tx_id=hashlib.sha256(unsigned).hexdigest(),
+            tx_id=hashlib.sha256(unsigned).hexdigest() if tx_id is None else tx_id,
             signed_message=SIGNING_DOMAIN + unsigned,
+            type=str(tx["type"]),
+            signer=str(tx["signer"]),
         )
+        return made
 
-    def __reduce__(self) -> tuple[Callable[[bytes], Transaction], tuple[bytes]]:
+    def __reduce__(self) -> tuple[Callable[[bytes, str], Transaction], tuple[bytes, str]]:
         # Pickled only between Rekam's own processes (``rekam verify`` hands decoded
-        # transactions back from its workers), as the bytes alone: rebuilding from bytes that
-        # ``decode`` accepted costs far less than pickling and unpickling the decoded fields.
-        return (_rebuild, (self.raw,))
+        # transactions back from its workers), as the bytes and the id alone: rebuilding from
+        # bytes that ``decode`` accepted costs far less than pickling and unpickling the
+        # decoded fields.
+        return (_rebuild, (self.raw, self.tx_id))
 
 
-def _rebuild(raw: bytes) -> Transaction:
+def _rebuild(raw: bytes, tx_id: str) -> Transaction:
     """Unpickle a transaction: ``raw`` was accepted by ``Transaction.decode`` before pickling."""
     envelope = parse_accepted(raw)
-    signatures = tuple(Signature(s["by"], b64d(s["key"]), b64d(s["sig"])) for s in envelope["sigs"])
-    return Transaction._build(envelope["tx"], signatures, raw)
+    signatures = tuple(
+        Signature(s["by"], _public_key(s["key"]), b64d(s["sig"])) for s in envelope["sigs"]
+    )
+    return Transaction._build(envelope["tx"], signatures, raw, tx_id)
+
+
+def _public_key(text: str) -> bytes:
+    """``b64d`` of a signature's public key, remembered: the same few signers sign most
+    transactions. Raises CanonicalError as ``b64d`` does."""
+    key = _PUBLIC_KEYS.get(text) if type(text) is str else None
+    if key is None:
+        key = b64d(text)
+        if len(_PUBLIC_KEYS) >= _KINDS_LIMIT:
+            _PUBLIC_KEYS.clear()
+        _PUBLIC_KEYS[text] = key
+    return key
+
+
+# Decoded public keys by their base64url text (a pure function of it); bounded like _KINDS.
+_PUBLIC_KEYS: dict[str, bytes] = {}
 
 
 _ENVELOPE_KEYS = frozenset({"tx", "sigs"})
