@@ -414,21 +414,24 @@ class Transaction:
         )
         return made
 
+    @classmethod
+    def accepted(cls, raw: bytes, tx_id: str) -> Transaction:
+        """The transaction of bytes that ``decode`` has already accepted, with their id.
+
+        For handing decoded transactions between Rekam's own processes (``rekam verify``'s
+        workers decode, the verifier rebuilds): nothing is checked again, so it must never
+        see bytes or ids from anywhere else. Costs a fraction of ``decode``.
+        """
+        envelope = parse_accepted(raw)
+        signatures = tuple(
+            Signature(s["by"], _public_key(s["key"]), b64d(s["sig"])) for s in envelope["sigs"]
+        )
+        return cls._build(envelope["tx"], signatures, raw, tx_id)
+
     def __reduce__(self) -> tuple[Callable[[bytes, str], Transaction], tuple[bytes, str]]:
-        # Pickled only between Rekam's own processes (``rekam verify`` hands decoded
-        # transactions back from its workers), as the bytes and the id alone: rebuilding from
-        # bytes that ``decode`` accepted costs far less than pickling and unpickling the
-        # decoded fields.
-        return (_rebuild, (self.raw, self.tx_id))
-
-
-def _rebuild(raw: bytes, tx_id: str) -> Transaction:
-    """Unpickle a transaction: ``raw`` was accepted by ``Transaction.decode`` before pickling."""
-    envelope = parse_accepted(raw)
-    signatures = tuple(
-        Signature(s["by"], _public_key(s["key"]), b64d(s["sig"])) for s in envelope["sigs"]
-    )
-    return Transaction._build(envelope["tx"], signatures, raw, tx_id)
+        # Pickled only between Rekam's own processes, as the bytes and the id alone:
+        # rebuilding costs far less than pickling and unpickling the decoded fields.
+        return (Transaction.accepted, (self.raw, self.tx_id))
 
 
 def _public_key(text: str) -> bytes:

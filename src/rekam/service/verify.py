@@ -117,12 +117,18 @@ def _batches(store: ChainStore, start: int) -> Iterator[list[Block]]:
 
 
 PreparedTxs = tuple[list[Transaction | None], list[tuple[bool, ...]]]
+# What a worker sends back for its part of a batch: each transaction's id (None where the
+# bytes are malformed) and its signature results. The verifier holds the bytes already and
+# rebuilds the decoded transactions from them (Transaction.accepted), so they do not travel
+# back through the pipe.
+WorkerResult = tuple[list[str | None], list[tuple[bool, ...]]]
 
 
-def _prepare_txs(raws: list[bytes]) -> PreparedTxs:
+def _prepare_txs(raws: list[bytes]) -> WorkerResult:
     """Decode envelopes and check their signatures on this thread: a worker process's task."""
     decoded = decode_all(raws)
-    return decoded, check_signatures(decoded, workers=1)
+    ids = [None if tx is None else tx.tx_id for tx in decoded]
+    return ids, check_signatures(decoded, workers=1)
 
 
 class _Preparation:
@@ -141,7 +147,7 @@ class _Preparation:
         self._idle = idle
         self._pool: ProcessPoolExecutor | None = None
         self._workers = 1
-        self._pending: deque[tuple[list[Block], list[Future[PreparedTxs]]]] = deque()
+        self._pending: deque[tuple[list[Block], list[Future[WorkerResult]]]] = deque()
 
     def __enter__(self) -> _Preparation:
         return self
@@ -180,7 +186,7 @@ class _Preparation:
                 yield block, decoded[cursor:end], sig_ok[cursor:end]
                 cursor = end
 
-    def _submit(self, batch: list[Block]) -> list[Future[PreparedTxs]]:
+    def _submit(self, batch: list[Block]) -> list[Future[WorkerResult]]:
         if self._pool is None:
             return []
         raws = [raw for block in batch for raw in block.txs]
@@ -190,7 +196,7 @@ class _Preparation:
             self._stop()
             return []
 
-    def _collect(self, batch: list[Block], parts: list[Future[PreparedTxs]]) -> PreparedTxs:
+    def _collect(self, batch: list[Block], parts: list[Future[WorkerResult]]) -> PreparedTxs:
         if parts:
             while self._idle is not None and not all(part.done() for part in parts):
                 if not self._idle():
@@ -200,8 +206,13 @@ class _Preparation:
             except POOL_FAILURES:
                 self._stop()
             else:
+                raws = [raw for block in batch for raw in block.txs]
+                ids = [tx_id for part_ids, _ in results for tx_id in part_ids]
                 return (
-                    [tx for decoded, _ in results for tx in decoded],
+                    [
+                        None if tx_id is None else Transaction.accepted(raw, tx_id)
+                        for raw, tx_id in zip(raws, ids, strict=True)
+                    ],
                     [ok for _, sig_ok in results for ok in sig_ok],
                 )
         decoded = decode_all([raw for block in batch for raw in block.txs])

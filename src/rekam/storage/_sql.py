@@ -255,13 +255,28 @@ class _Codec:
         """(key, row) from a result row: strlist columns as lists, booleans as bool."""
         row: dict[str, Any] = dict(mapping)
         key = row.pop("key")
+        return key, self._converted(row)
+
+    def decode_row(self, values: Sequence[Any]) -> tuple[str, _CachedRow]:
+        """(key, row) from a driver row of the whole table, in ``order``.
+
+        The same as ``decode(zip(order, values))``, without building the key into the row
+        first: ``rekam verify`` decodes every stored row.
+        """
+        if len(values) != len(self.order):
+            raise StoreError(f"{self.table_name}: a row of {len(values)} columns")
+        # The length was checked: strict zipping would only check it again.
+        return values[0], self._converted(dict(zip(self.columns, values[1:])))  # noqa: B905
+
+    def _converted(self, row: dict[str, Any]) -> _CachedRow:
+        """Strlist columns as lists, booleans as bool (SQLite gives 0 and 1)."""
         for column in self.lists:
             if row[column] is not None:
                 row[column] = json.loads(row[column])
         for column in self.bools:
             if row[column] is not None:
                 row[column] = bool(row[column])
-        return key, row
+        return row
 
     def normalise(self, key: str, row: Mapping[str, Any]) -> _CachedRow:
         """A row exactly as it reads back after being written."""
@@ -759,11 +774,11 @@ class SqlChainStore:
                     self._reader = self._engine.connect()
                 conn = self._reader
                 for table, keys in wanted.items():
-                    codec, order = self._codecs[table], self._codecs[table].order
+                    codec = self._codecs[table]
                     found: dict[str, Row | None] = dict.fromkeys(keys)
                     for chunk in _chunks(sorted(found), MAX_PARAMS):
                         for r in self._get_many[table].run(conn, chunk):
-                            key, row = codec.decode(zip(order, r, strict=True))
+                            key, row = codec.decode_row(r)
                             found[key] = row
                     rows[table] = found
                 ids = sorted(set(tx_ids))
@@ -794,11 +809,11 @@ class SqlChainStore:
         for table, keys in wanted.items():
             cache = self._rows[table]
             missing = sorted({k for k in keys if k not in cache})
-            codec, order = self._codecs[table], self._codecs[table].order
+            codec = self._codecs[table]
             for chunk in _chunks(missing, MAX_PARAMS):
                 with self._reading(f"reading {sc.STATE_PREFIX}{table}"):
                     result = self._get_many[table].run(self._conn, chunk)
-                    found = dict(codec.decode(zip(order, r, strict=True)) for r in result)
+                    found = dict(codec.decode_row(r) for r in result)
                 for key in chunk:
                     self._remember(table, key, found.get(key))
         ids = sorted({t for t in tx_ids if t not in self._block_txs})
@@ -1121,11 +1136,7 @@ class SqlChainStore:
             with self._lock, self._reading(f"reading {sql_table.name}"):
                 # Plain driver rows zipped with the known column order (verify reads every
                 # row of every table: SQLAlchemy's row objects cost a fifth of the reading).
-                order = codec.order
-                rows = [
-                    codec.decode(zip(order, r, strict=True))
-                    for r in _on_cursor(self._conn, chunk.sql, params)
-                ]
+                rows = [codec.decode_row(r) for r in _on_cursor(self._conn, chunk.sql, params)]
             yield from rows
             if len(rows) < _STATE_ROWS_CHUNK:
                 return
