@@ -428,11 +428,6 @@ class Transaction:
         )
         return cls._build(envelope["tx"], signatures, raw, tx_id)
 
-    def __reduce__(self) -> tuple[Callable[[bytes, str], Transaction], tuple[bytes, str]]:
-        # Pickled only between Rekam's own processes, as the bytes and the id alone:
-        # rebuilding costs far less than pickling and unpickling the decoded fields.
-        return (Transaction.accepted, (self.raw, self.tx_id))
-
 
 def _public_key(text: str) -> bytes:
     """``b64d`` of a signature's public key, remembered: the same few signers sign most

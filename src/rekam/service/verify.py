@@ -147,7 +147,9 @@ class _Preparation:
         self._idle = idle
         self._pool: ProcessPoolExecutor | None = None
         self._workers = 1
-        self._pending: deque[tuple[list[Block], list[Future[WorkerResult]]]] = deque()
+        # Each batch waiting to be collected: its blocks, their transactions' bytes in order,
+        # and the workers' futures (none when the batch is prepared in this process).
+        self._pending: deque[tuple[list[Block], list[bytes], list[Future[WorkerResult]]]] = deque()
 
     def __enter__(self) -> _Preparation:
         return self
@@ -175,28 +177,28 @@ class _Preparation:
                 batch = next(batches, None)
                 if batch is None:
                     break
-                self._pending.append((batch, self._submit(batch)))
+                raws = [raw for block in batch for raw in block.txs]
+                self._pending.append((batch, raws, self._submit(raws)))
             if not self._pending:
                 return
-            batch, parts = self._pending.popleft()
-            decoded, sig_ok = self._collect(batch, parts)
+            batch, raws, parts = self._pending.popleft()
+            decoded, sig_ok = self._collect(raws, parts)
             cursor = 0
             for block in batch:
                 end = cursor + len(block.txs)
                 yield block, decoded[cursor:end], sig_ok[cursor:end]
                 cursor = end
 
-    def _submit(self, batch: list[Block]) -> list[Future[WorkerResult]]:
+    def _submit(self, raws: list[bytes]) -> list[Future[WorkerResult]]:
         if self._pool is None:
             return []
-        raws = [raw for block in batch for raw in block.txs]
         try:
             return submit_parts(self._pool, _prepare_txs, raws, self._workers)
         except POOL_FAILURES:
             self._stop()
             return []
 
-    def _collect(self, batch: list[Block], parts: list[Future[WorkerResult]]) -> PreparedTxs:
+    def _collect(self, raws: list[bytes], parts: list[Future[WorkerResult]]) -> PreparedTxs:
         if parts:
             while self._idle is not None and not all(part.done() for part in parts):
                 if not self._idle():
@@ -206,7 +208,6 @@ class _Preparation:
             except POOL_FAILURES:
                 self._stop()
             else:
-                raws = [raw for block in batch for raw in block.txs]
                 ids = [tx_id for part_ids, _ in results for tx_id in part_ids]
                 return (
                     [
@@ -215,7 +216,7 @@ class _Preparation:
                     ],
                     [ok for _, sig_ok in results for ok in sig_ok],
                 )
-        decoded = decode_all([raw for block in batch for raw in block.txs])
+        decoded = decode_all(raws)
         return decoded, check_signatures(decoded)
 
 
