@@ -477,7 +477,6 @@ class SqlChainStore:
         # PostgreSQL readers do not block on a writer).
         self._read_lock = threading.Lock()
         self._reader: Connection | None = None
-        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._codecs = {spec.name: _Codec(spec) for spec in TABLES}
         # Cached rows by table, then key (None: known absent); see the module documentation.
         self._rows: dict[str, dict[str, _CachedRow | None]] = {spec.name: {} for spec in TABLES}
@@ -735,7 +734,7 @@ class SqlChainStore:
         found = self._raw_first(stmt, {"k": key}, f"reading {sc.STATE_PREFIX}{table}")
         row = None
         if found is not None:
-            row = self._codecs[table].decode(zip(stmt.columns, found, strict=True))[1]
+            row = self._codecs[table].decode_row(found)[1]
         self._remember(table, key, row)
         return row
 
