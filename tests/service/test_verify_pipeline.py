@@ -345,7 +345,7 @@ def _sql(folder: Path, statement: str, params: tuple[Any, ...] = ()) -> list[Any
 
 @pytest.mark.parametrize(
     "tamper",
-    ["authenticated", "code", "state", "blob", "index"],
+    ["authenticated", "code", "state", "blob", "blob-bytes", "digest", "index"],
 )
 def test_workers_name_the_same_problem(
     chain: Path, tmp_path: Path, pools: list[int], monkeypatch: pytest.MonkeyPatch, tamper: str
@@ -363,6 +363,12 @@ def test_workers_name_the_same_problem(
     elif tamper == "blob":
         digest = _sql(node, "SELECT content_hash FROM state_record_version LIMIT 1")[0][0]
         DirectoryBlobStore(node / "blobs").path_of(digest).unlink()
+    elif tamper == "blob-bytes":
+        digest = _sql(node, "SELECT content_hash FROM state_record_version LIMIT 1")[0][0]
+        DirectoryBlobStore(node / "blobs").path_of(digest).write_bytes(b"changed")
+    elif tamper == "digest":  # not a digest at all: named as a state difference
+        key = _sql(node, "SELECT key FROM state_record_version LIMIT 1")[0][0]
+        _sql(node, "UPDATE state_record_version SET content_hash = '../x' WHERE key = ?", (key,))
     else:
         _sql(node, "UPDATE blocks SET time = time + 1 WHERE height = ?", (height,))
     alone = _without_workers(node, monkeypatch)
