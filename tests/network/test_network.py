@@ -282,6 +282,16 @@ def test_peer_requests_must_be_signed_by_an_organisation(
             assert http.get(url + "/peer/head", headers=stale).status_code == 401
 
 
+def _answer_json(handler: BaseHTTPRequestHandler, value: object) -> None:
+    """Answer a fake peer's request with 200 and a JSON body."""
+    body = json.dumps(value).encode()
+    handler.send_response(200)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class _Tamperer(BaseHTTPRequestHandler):
     """A peer that serves real blocks with one transaction byte flipped."""
 
@@ -294,12 +304,7 @@ class _Tamperer(BaseHTTPRequestHandler):
         txs = list(block.txs)
         txs[0] = txs[0][:-2] + bytes([txs[0][-2] ^ 1]) + txs[0][-1:]
         raws[0] = Block(block.header, block.signature, tuple(txs)).to_bytes()
-        body = json.dumps({"blocks": [base64.b64encode(r).decode() for r in raws]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _answer_json(self, {"blocks": [base64.b64encode(r).decode() for r in raws]})
 
     def log_message(self, *args: object) -> None:
         """Quiet."""
@@ -507,14 +512,7 @@ class _WrongContent(BaseHTTPRequestHandler):
     """A peer that answers content requests with other bytes than the chain's."""
 
     def do_GET(self) -> None:
-        body = json.dumps(
-            {"blob": base64.b64encode(b"not the record").decode(), "keys": []}
-        ).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _answer_json(self, {"blob": base64.b64encode(b"not the record").decode(), "keys": []})
 
     def log_message(self, *args: object) -> None:
         """Quiet."""

@@ -13,10 +13,10 @@ from rekam.encoding import b64e
 from rekam.ledger._errors import InvalidBlockError
 from rekam.ledger.block import Block, cut_block
 from rekam.ledger.tx import Transaction, make_tx, new_id
-from rekam.service.node import NotCommittedError
+from rekam.service.node import Node, NotCommittedError
 from rekam.service.ports import StoreError
 from rekam.service.verify import verify_chain
-from rekam.service.workspace import OrgSpec, Workspace
+from rekam.service.workspace import Actor, OrgSpec, Workspace
 
 ORGS = (OrgSpec("klinik-a", "clinic", "Klinik A"), OrgSpec("klinik-b", "clinic", "Klinik B"))
 
@@ -30,6 +30,13 @@ def ws(tmp_path: Path) -> Iterator[Workspace]:
         yield workspace
     finally:
         workspace.close()
+
+
+def _cut(
+    node: Node, org: Actor, height: int, prev: str, when: int, txs: list[Transaction]
+) -> Block:
+    """A block of ``txs`` cut by klinik-a at ``height`` on ``prev``."""
+    return cut_block(node.network_id, height, prev, when, txs, "klinik-a", org.identity.signer)
 
 
 def _enrol_and_register(ws: Workspace) -> list[Transaction]:
@@ -84,24 +91,8 @@ def test_dependent_transactions_in_consecutive_blocks(
     monkeypatch.setattr(store, "append_block", slow_append)
     enrol, register = _enrol_and_register(ws)
     head = node.head
-    first = cut_block(
-        node.network_id,
-        head.height + 1,
-        head.hash,
-        node.clock(),
-        [enrol],
-        "klinik-a",
-        org.identity.signer,
-    )
-    second = cut_block(
-        node.network_id,
-        first.height + 1,
-        first.hash,
-        first.time,
-        [register],
-        "klinik-a",
-        org.identity.signer,
-    )
+    first = _cut(node, org, head.height + 1, head.hash, node.clock(), [enrol])
+    second = _cut(node, org, first.height + 1, first.hash, first.time, [register])
     done = [node.deliver(first, [enrol]), node.deliver(second, [register])]
     results = [f.result(30).results[0] for f in done]
     assert [r.code for r in results] == ["ok", "ok"]
@@ -113,14 +104,8 @@ def test_a_refused_block_is_reported_and_the_node_goes_on(ws: Workspace) -> None
     node = ws.node
     head = node.head
     org = ws.actor("klinik-a")
-    stray = cut_block(
-        node.network_id,
-        head.height + 5,  # does not extend the head
-        head.hash,
-        node.clock(),
-        _enrol_and_register(ws)[:1],
-        "klinik-a",
-        org.identity.signer,
+    stray = _cut(  # height + 5 does not extend the head
+        node, org, head.height + 5, head.hash, node.clock(), _enrol_and_register(ws)[:1]
     )
     with pytest.raises(InvalidBlockError, match="expected height"):
         node.commit(stray, timeout=30)
@@ -137,15 +122,7 @@ def test_a_delivered_block_has_its_merkle_root_checked(ws: Workspace) -> None:
     head = node.head
     org = ws.actor("klinik-a")
     enrol, register = _enrol_and_register(ws)
-    good = cut_block(
-        node.network_id,
-        head.height + 1,
-        head.hash,
-        node.clock(),
-        [enrol],
-        "klinik-a",
-        org.identity.signer,
-    )
+    good = _cut(node, org, head.height + 1, head.hash, node.clock(), [enrol])
     swapped = Block(good.header, good.signature, (register.raw,))
     with pytest.raises(InvalidBlockError, match="Merkle root does not match"):
         node.commit(swapped, timeout=30)
