@@ -26,6 +26,18 @@ from tests.web.conftest import csrf_of, login
 ADMIN_PASSWORD = "kata-sandi-admin-1"
 
 
+def _wait_for_portal(url: str, what: str) -> None:
+    """Wait until the portal at ``url`` (ending in /) serves its login page."""
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}login", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 60, what)
+
+
 def test_admin_page_of_a_network_node_lists_peers_and_etcd(tmp_path: Path) -> None:
     with network(tmp_path) as net:
         a_folder, b_folder = list(net.folders.values())[:2]
@@ -86,14 +98,7 @@ def test_network_run_serves_the_portal_and_api_with_http(tmp_path: Path) -> None
         )
         log.close()
         try:
-
-            def up() -> bool:
-                try:
-                    return httpx.get(f"http://127.0.0.1:{port}/login", timeout=2).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_for(up, 60, "the node's portal")
+            _wait_for_portal(f"http://127.0.0.1:{port}/", "the node's portal")
             metadata = httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=5)
             assert metadata.json()["resourceType"] == "CapabilityStatement"
         finally:
@@ -162,14 +167,7 @@ def test_kept_running_demo_gives_each_node_a_portal_with_demo_names(tmp_path: Pa
         assert (root / "demo-credentials.json").stat().st_mode & 0o077 == 0
         doctor = creds["people"]["dokter-kenanga"]
         url = creds["portals"][doctor["org"]]
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{url}login", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, 60, "the kept-running node's portal")
+        _wait_for_portal(url, "the kept-running node's portal")
         with httpx.Client(base_url=url, follow_redirects=False, timeout=10) as client:
             page = client.get("/login")
             form = {"csrf": csrf_of(page.text), "username": "dokter-kenanga"}
