@@ -109,8 +109,10 @@ class _Store:
     def __init__(self, blocks: list[Block]) -> None:
         self.blocks = blocks
 
-    def iter_blocks(self, start: int = 0, end: int | None = None) -> Iterator[Block]:
-        return iter([b for b in self.blocks if b.height >= start])
+    def iter_block_records(
+        self, start: int = 0, end: int | None = None
+    ) -> Iterator[tuple[Block, list[Any]]]:
+        return iter([(b, []) for b in self.blocks if b.height >= start])
 
 
 def _expected(blocks: list[Block]) -> list[tuple[int, list[Transaction | None], list[Any]]]:
@@ -123,7 +125,7 @@ def _expected(blocks: list[Block]) -> list[tuple[int, list[Transaction | None], 
 
 def _prepared(blocks: list[Block], idle: Any = None) -> list[tuple[int, list[Any], list[Any]]]:
     with verify._Preparation(_Store(blocks), 1, idle) as prepared:  # type: ignore[arg-type]
-        return [(block.height, txs, ok) for block, txs, ok in prepared]
+        return [(block.height, txs, ok) for (block, _), txs, ok in prepared]
 
 
 @pytest.fixture
@@ -162,8 +164,20 @@ def test_mixed_blocks_are_what_decode_all_and_check_signatures_give(
         assert pools == [2]
 
 
-def test_one_batch_needs_no_workers(pools: list[int]) -> None:
+def test_first_and_last_block_are_batches_of_their_own(small_batches: None) -> None:
+    blocks = _blocks()
+    batches = list(verify._batches(_Store(blocks), 1))  # type: ignore[arg-type]
+    assert [block for batch in batches for block, _ in batch] == blocks
+    assert len(batches[0]) == len(batches[-1]) == 1
+    for batch in batches[1:-1]:
+        # Closed at whichever limit comes first, or early to leave the last block alone.
+        assert len(batch) <= verify.BATCH_BLOCKS
+        assert sum(len(block.txs) for block, _ in batch[:-1]) < verify.BATCH_TXS
+
+
+def test_a_short_chain_needs_no_workers(pools: list[int]) -> None:
     blocks = _blocks()[:3]
+    assert sum(len(block.txs) for block in blocks) <= verify.BATCH_TXS
     assert _prepared(blocks) == _expected(blocks)
     assert pools == []
 

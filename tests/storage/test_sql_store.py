@@ -206,6 +206,12 @@ def test_many_blocks_stream_in_order(store: SqlChainStore) -> None:
         hashes.append(prev.hash)
     assert [b.hash for b in store.iter_blocks()] == hashes
     assert [b.height for b in store.iter_blocks(60, 130)] == list(range(60, 130))
+    # Blocks with their records: the same blocks, each with what block_txs says of it.
+    for start, end in ((0, None), (1, 2), (60, 130), (140, 200)):
+        paired = list(store.iter_block_records(start, end))
+        assert [b for b, _ in paired] == list(store.iter_blocks(start, end))
+        assert [records for _, records in paired] == [store.block_txs(b.height) for b, _ in paired]
+        assert all(tuple(r.raw for r in records) == b.txs for b, records in paired)
 
 
 def test_a_replayed_transaction_is_stored_again(store: SqlChainStore) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rekam.crypto import verify_many, verify_signature
 from rekam.encoding import b64d
@@ -30,8 +31,7 @@ class ChainHead:
     time: int
 
 
-@dataclass(frozen=True)
-class TxResult:
+class TxResult(NamedTuple):
     """The outcome of one transaction in a block."""
 
     tx_id: str

@@ -86,6 +86,12 @@ class ChainStore(StateReader, Prefetching, Protocol):
         """Blocks from start up to (excluding) end, in order, streamed."""
         ...
 
+    def iter_block_records(
+        self, start: int = 0, end: int | None = None
+    ) -> Iterator[tuple[Block, list[TxRecord]]]:
+        """Blocks from start up to (excluding) end, each with its ``block_txs``, streamed."""
+        ...
+
     def block_index(self, start: int = 0, end: int | None = None) -> Iterator[BlockIndex]:
         """The stored index columns of blocks from start up to (excluding) end."""
         ...

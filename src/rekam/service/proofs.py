@@ -68,8 +68,8 @@ class BlockLog:
         """Read blocks 0..height from the store into a log."""
         log = cls()
         end = None if height is None else height + 1
-        for block in store.iter_blocks(0, end):
-            results = [(r.tx_id, r.code) for r in store.block_txs(block.height)]
+        for block, records in store.iter_block_records(0, end):
+            results = [(r.tx_id, r.code) for r in records]
             root = results_root(results)
             log.results.append(root)
             log.log.append(leaf_hash(block_leaf(block.hash, root)))

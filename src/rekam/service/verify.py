@@ -35,7 +35,7 @@ from rekam.ledger.validate import (
     decode_all,
     genesis_delta,
 )
-from rekam.service.ports import BlobStore, ChainStore
+from rekam.service.ports import BlobStore, ChainStore, TxRecord
 from rekam.service.proofs import BlockLog
 from rekam.service.workers import POOL_FAILURES, fork_pool, submit_parts
 
@@ -103,17 +103,32 @@ class VerifyFailure(Exception):
     """The first problem found, naming the block, transaction, row or blob."""
 
 
-def _batches(store: ChainStore, start: int) -> Iterator[list[Block]]:
-    batch: list[Block] = []
+StoredBlock = tuple[Block, list[TxRecord]]  # a block and the stored results of its txs
+
+
+def _batches(store: ChainStore, start: int) -> Iterator[list[StoredBlock]]:
+    """The stored blocks from ``start`` on, in batches for preparing.
+
+    The first and the last block each make a batch of their own. The workers start on the
+    first block while the next are read; the last block's transactions are the only ones
+    applied with nothing left to prepare beside them, so that stretch is one block long.
+    """
+    stored = store.iter_block_records(start)
+    batch: list[StoredBlock] = []
     txs = 0
-    for block in store.iter_blocks(start):
-        batch.append(block)
-        txs += len(block.txs)
-        if len(batch) >= BATCH_BLOCKS or txs >= BATCH_TXS:
+    current = next(stored, None)
+    first = True
+    while current is not None:
+        following = next(stored, None)
+        if following is None and batch:
             yield batch
             batch, txs = [], 0
-    if batch:
-        yield batch
+        batch.append(current)
+        txs += len(current[0].txs)
+        if first or following is None or len(batch) >= BATCH_BLOCKS or txs >= BATCH_TXS:
+            yield batch
+            batch, txs, first = [], 0, False
+        current = following
 
 
 PreparedTxs = tuple[list[Transaction | None], list[tuple[bool, ...]]]
@@ -134,9 +149,10 @@ def _prepare_txs(raws: list[bytes]) -> WorkerResult:
 class _Preparation:
     """Batches of blocks from a height on, each with its transactions decoded and checked.
 
-    Blocks come out in order, with their decoded transactions (None where malformed) and each
-    transaction's signature results, as ``apply_block`` takes them. A chain of more than one
-    batch is prepared by worker processes, PREPARE_AHEAD batches ahead, each batch split into
+    Blocks come out in order, with their stored results, their decoded transactions (None
+    where malformed) and each transaction's signature results, as ``apply_block`` takes them.
+    A chain of more than BATCH_TXS transactions is prepared by worker processes,
+    PREPARE_AHEAD batches ahead, each batch split into
     one contiguous part per worker; while a batch is not back, ``idle`` (if given) is called
     for small pieces of other work, until it first returns False. Without workers, or should
     they fail, batches are prepared in this process (signatures on the shared thread pool).
@@ -149,7 +165,9 @@ class _Preparation:
         self._workers = 1
         # Each batch waiting to be collected: its blocks, their transactions' bytes in order,
         # and the workers' futures (none when the batch is prepared in this process).
-        self._pending: deque[tuple[list[Block], list[bytes], list[Future[WorkerResult]]]] = deque()
+        self._pending: deque[tuple[list[StoredBlock], list[bytes], list[Future[WorkerResult]]]] = (
+            deque()
+        )
 
     def __enter__(self) -> _Preparation:
         return self
@@ -162,31 +180,38 @@ class _Preparation:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def __iter__(self) -> Iterator[tuple[Block, list[Transaction | None], list[tuple[bool, ...]]]]:
-        first = next(self._batches, None)
-        if first is None:
-            return
-        second = next(self._batches, None)
-        if second is not None:  # one batch is done before workers would have started
+    def __iter__(
+        self,
+    ) -> Iterator[tuple[StoredBlock, list[Transaction | None], list[tuple[bool, ...]]]]:
+        # A chain of at most BATCH_TXS transactions is done before workers would have started.
+        ahead: list[list[StoredBlock]] = []
+        txs = 0
+        while txs <= BATCH_TXS:
+            batch = next(self._batches, None)
+            if batch is None:
+                break
+            ahead.append(batch)
+            txs += sum(len(block.txs) for block, _ in batch)
+        if txs > BATCH_TXS:
             started = fork_pool(MAX_WORKERS)
             if started is not None:
                 self._pool, self._workers = started
-        batches = itertools.chain([first] if second is None else [first, second], self._batches)
+        batches = itertools.chain(ahead, self._batches)
         while True:
             while len(self._pending) < PREPARE_AHEAD:
                 batch = next(batches, None)
                 if batch is None:
                     break
-                raws = [raw for block in batch for raw in block.txs]
+                raws = [raw for block, _ in batch for raw in block.txs]
                 self._pending.append((batch, raws, self._submit(raws)))
             if not self._pending:
                 return
             batch, raws, parts = self._pending.popleft()
             decoded, sig_ok = self._collect(raws, parts)
             cursor = 0
-            for block in batch:
-                end = cursor + len(block.txs)
-                yield block, decoded[cursor:end], sig_ok[cursor:end]
+            for stored in batch:
+                end = cursor + len(stored[0].txs)
+                yield stored, decoded[cursor:end], sig_ok[cursor:end]
                 cursor = end
 
     def _submit(self, raws: list[bytes]) -> list[Future[WorkerResult]]:
@@ -250,7 +275,7 @@ def replay_store(
     _check_index(store, [first])
     with _Preparation(store, 1, idle) as prepared:
         batch: list[Block] = []
-        for block, txs, sig_ok in prepared:
+        for (block, records), txs, sig_ok in prepared:
             report.signatures += sum(len(ok) for ok in sig_ok) + 1
             try:
                 result = apply_block(
@@ -259,7 +284,7 @@ def replay_store(
             except InvalidBlockError as exc:
                 raise VerifyFailure(str(exc)) from None
             if compare_results:
-                _compare_results(store, block, result.results)
+                _compare_results(block, records, result.results)
             state.apply(result.delta, result.delta.tx_ids)
             for org, row in result.delta.tables["org"].items():
                 report.org_keys.setdefault(org, set()).add(row["sign_key"])
@@ -284,9 +309,8 @@ def replay_store(
 _RESULT_FIELDS = ("tx_id", "tx_type", "valid", "code", "authenticated")
 
 
-def _compare_results(store: ChainStore, block: Block, results: list[TxResult]) -> None:
-    """The stored results and bytes of a block's transactions must be what replay gives."""
-    stored = store.block_txs(block.height)
+def _compare_results(block: Block, stored: list[TxRecord], results: list[TxResult]) -> None:
+    """The stored results of a block's transactions must be what replay gives."""
     if len(stored) != len(results):
         raise VerifyFailure(f"block {block.height}: stored transaction count differs")
     for index, (mine, theirs) in enumerate(zip(results, stored, strict=True)):
@@ -296,7 +320,6 @@ def _compare_results(store: ChainStore, block: Block, results: list[TxResult]) -
             and mine.valid == theirs.valid
             and mine.code == theirs.code
             and mine.authenticated == theirs.authenticated
-            and theirs.raw == block.txs[index]
         ):
             continue
         for field_name in _RESULT_FIELDS:
@@ -307,9 +330,6 @@ def _compare_results(store: ChainStore, block: Block, results: list[TxResult]) -
                     f"({theirs.tx_id[:16]}): stored {field_name} {stored_value!r}, "
                     f"the blocks give {getattr(mine, field_name)!r}"
                 )
-        raise VerifyFailure(
-            f"block {block.height} transaction {index}: stored bytes differ from the block"
-        )
 
 
 def _end_of_batch(
@@ -440,25 +460,42 @@ def _check_blobs(
     must still match its hash.
     """
     records = state.tables["record"]
-    versions = sorted(state.tables["record_version"].items())
+    versions = state.tables["record_version"]
     # Versions may share content; each distinct blob is read and hashed once.
-    digests = sorted({version["content_hash"] for _, version in versions})
+    digests = sorted({version["content_hash"] for version in versions.values()})
     verdict = dict(zip(digests, _blob_verdicts(blobs, digests), strict=True))
-    for key, version in versions:
+
+    def outcome(version: dict[str, Any]) -> str:
         found = verdict[version["content_hash"]]
         if records[version["record"]]["erased"]:
-            if found != _ABSENT:
-                raise VerifyFailure(f"blob of {key}: the record was erased but its content remains")
-            report.erased += 1
-            continue
-        if found == _ABSENT:
-            if held is not None and (version["record"], version["version"]) not in held:
-                report.not_held += 1
-                continue
-            raise VerifyFailure(f"blob of {key}: missing")
+            return "erased" if found == _ABSENT else _BLOB_NOT_ERASED
+        if found == _SOUND:
+            return "blobs"
         if found == _CORRUPT:
-            raise VerifyFailure(f"blob of {key}: content does not match its on-chain hash")
-        report.blobs += 1
+            return _BLOB_CORRUPT
+        if held is not None and (version["record"], version["version"]) not in held:
+            return "not_held"
+        return _BLOB_MISSING
+
+    # Counting needs no order, so the versions are gone through as they are; should anything
+    # be wrong, they are gone through again in key order, to name the first problem.
+    counts = {"blobs": 0, "erased": 0, "not_held": 0}
+    for version in versions.values():
+        found = outcome(version)
+        if found not in counts:
+            for key in sorted(versions):
+                problem = outcome(versions[key])
+                if problem not in counts:
+                    raise VerifyFailure(f"blob of {key}: {problem}")
+        counts[found] += 1
+    report.blobs += counts["blobs"]
+    report.erased += counts["erased"]
+    report.not_held += counts["not_held"]
+
+
+_BLOB_NOT_ERASED = "the record was erased but its content remains"
+_BLOB_CORRUPT = "content does not match its on-chain hash"
+_BLOB_MISSING = "missing"
 
 
 def _check_index(store: ChainStore, blocks: list[Block]) -> None:

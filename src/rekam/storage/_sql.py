@@ -546,6 +546,23 @@ class SqlChainStore:
             .order_by(sc.txs.c.idx),
             dialect,
         )
+        # Blocks are read a range of heights at a time: headers, then their transactions
+        # (bytes only, or whole records).
+        self._range_headers = _Prepared(
+            select(blocks.c.height, blocks.c.header, blocks.c.signature)
+            .where(blocks.c.height >= bindparam("low"), blocks.c.height < bindparam("high"))
+            .order_by(blocks.c.height),
+            dialect,
+        )
+        self._range_txs = {
+            records: _Prepared(
+                select(*(self._tx_columns() if records else (txs.c.height, txs.c.raw)))
+                .where(txs.c.height >= bindparam("low"), txs.c.height < bindparam("high"))
+                .order_by(txs.c.height, txs.c.idx),
+                dialect,
+            )
+            for records in (False, True)
+        }
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -1014,6 +1031,22 @@ class SqlChainStore:
 
     def iter_blocks(self, start: int = 0, end: int | None = None) -> Iterator[Block]:
         """Blocks from start up to (excluding) end, in order, read in chunks."""
+        for block, _ in self._iter_blocks(start, end, records=False):
+            yield block
+
+    def iter_block_records(
+        self, start: int = 0, end: int | None = None
+    ) -> Iterator[tuple[Block, list[TxRecord]]]:
+        """Blocks from start up to (excluding) end, each with what ``block_txs`` gives for it.
+
+        One read of the transactions table serves both: the blocks' transaction bytes are the
+        records' own.
+        """
+        return self._iter_blocks(start, end, records=True)
+
+    def _iter_blocks(
+        self, start: int, end: int | None, *, records: bool
+    ) -> Iterator[tuple[Block, list[TxRecord]]]:
         if not self._refresh():
             return
         if end is None:
@@ -1021,25 +1054,33 @@ class SqlChainStore:
             if head is None:
                 return
             end = head[0] + 1
-        blocks, txs = sc.blocks, sc.txs
+        headers_stmt, txs_stmt = self._range_headers, self._range_txs[records]
         low = max(start, 0)
+        # The first chunk is one block and each next one twice as long, up to the limit: the
+        # first block comes back at once (a verifier hands it to its workers straight away)
+        # and a long read still takes few statements.
+        size = 1
         while low < end:
-            high = min(low + _ITER_BLOCKS_CHUNK, end)
+            high = min(low + size, end)
+            size = min(2 * size, _ITER_BLOCKS_CHUNK)
+            bounds = {"low": low, "high": high}
             with self._lock, self._reading(f"reading blocks {low} to {high - 1}"):
-                headers = self._conn.execute(
-                    select(blocks.c.height, blocks.c.header, blocks.c.signature)
-                    .where(blocks.c.height >= low, blocks.c.height < high)
-                    .order_by(blocks.c.height)
-                ).all()
-                raws: dict[int, list[bytes]] = {}
-                for h, raw in self._conn.execute(
-                    select(txs.c.height, txs.c.raw)
-                    .where(txs.c.height >= low, txs.c.height < high)
-                    .order_by(txs.c.height, txs.c.idx)
-                ):
+                headers = _on_cursor(self._conn, headers_stmt.sql, headers_stmt.params(bounds))
+                rows = _on_cursor(self._conn, txs_stmt.sql, txs_stmt.params(bounds))
+            found: dict[int, list[TxRecord]] = {}
+            raws: dict[int, list[bytes]] = {}
+            if records:
+                for row in rows:
+                    record = self._tx_record(row)
+                    found.setdefault(record.height, []).append(record)
+                    raws.setdefault(record.height, []).append(record.raw)
+            else:
+                for h, raw in rows:
                     raws.setdefault(int(h), []).append(bytes(raw))
             for h, header, signature in headers:
-                yield Block(parse(bytes(header)), bytes(signature), tuple(raws.get(int(h), ())))
+                height = int(h)
+                block = Block(parse(bytes(header)), bytes(signature), tuple(raws.get(height, ())))
+                yield block, found.get(height, [])
             if len(headers) < high - low:
                 return  # past the head (or a gap, which the chain never has)
             low = high
