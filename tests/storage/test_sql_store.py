@@ -655,6 +655,31 @@ def test_replace_state(open_stores: Factory) -> None:
         assert dict(store.state_rows(spec.name)) == state.tables[spec.name]
 
 
+def test_state_cells_equal_the_cells_of_equal_rows_only(open_stores: Factory) -> None:
+    store = open_stores()
+    g = init(store)
+    writes = [(spec.name, f"k-{n}", row(spec.name, n)) for spec in TABLES for n in (1, 2)]
+    append(store, g, [], delta(*writes))
+    for reader in (store, open_stores()):
+        for spec in TABLES:
+            cells = reader.row_cells(spec.name)
+            stored = dict(reader.state_cells(spec.name))
+            mine = {key: values for table, key, values in writes if table == spec.name}
+            assert stored == {key: cells(values) for key, values in mine.items()}, spec.name
+            # Booleans (stored as 0/1 by SQLite) and strlists (stored as JSON text) included:
+            # any changed value gives other cells.
+            for column, kind, _ in spec.columns:
+                changed = {
+                    "str": "other",
+                    "int": 7,
+                    "bool": not mine["k-1"][column],
+                    "strlist": ["Condition"],
+                }[kind]
+                assert cells({**mine["k-1"], column: changed}) != stored["k-1"], column
+    with pytest.raises(KeyError):
+        store.row_cells("nope")
+
+
 def test_replace_state_is_atomic(store: SqlChainStore) -> None:
     g = init(store)
     append(store, g, [], delta(("org", "clinic-a", row("org", 1)), ("event", "e", row("event"))))

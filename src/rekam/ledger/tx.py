@@ -22,7 +22,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from rekam.crypto import Signer
 from rekam.encoding import CanonicalError, b64d, b64e, canonical, parse, parse_accepted
@@ -290,8 +290,7 @@ def check_body(tx_type: str, body: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Signature:
+class Signature(NamedTuple):
     """One signature on a transaction: who, with which public key, and the signature bytes."""
 
     by: str
@@ -424,7 +423,7 @@ class Transaction:
         """
         envelope = parse_accepted(raw)
         signatures = tuple(
-            Signature(s["by"], _public_key(s["key"]), b64d(s["sig"])) for s in envelope["sigs"]
+            [Signature(s["by"], _public_key(s["key"]), b64d(s["sig"])) for s in envelope["sigs"]]
         )
         return cls._build(envelope["tx"], signatures, raw, tx_id)
 

@@ -6,7 +6,7 @@ protocols, so the service and ledger layers never import a database driver.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -106,6 +106,14 @@ class ChainStore(StateReader, Prefetching, Protocol):
 
     def state_rows(self, table: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every (key, row) of a state table, ordered by key."""
+        ...
+
+    def state_cells(self, table: str) -> Iterator[tuple[str, tuple[Any, ...]]]:
+        """Every (key, cells) of a state table, ordered by key: its column values as stored."""
+        ...
+
+    def row_cells(self, table: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+        """A function giving a row's cells as ``state_cells`` gives them for an equal row."""
         ...
 
     def query(

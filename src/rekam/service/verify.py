@@ -25,7 +25,7 @@ from rekam.crypto import verify_signature
 from rekam.encoding import b64d
 from rekam.ledger._errors import InvalidBlockError
 from rekam.ledger.block import Block, Genesis, genesis_block
-from rekam.ledger.state import TABLES, MemoryState
+from rekam.ledger.state import TABLES, Delta, MemoryState
 from rekam.ledger.tx import Transaction
 from rekam.ledger.validate import (
     ChainHead,
@@ -54,6 +54,8 @@ PREPARE_AHEAD = 3
 MAX_WORKERS = 8
 # Stored state rows read per piece while replay waits for prepared batches.
 STATE_ROWS_STEP = 250
+# Rows compared per piece, once the stored state is read (about as long as reading a piece).
+COMPARE_STEP = 1000
 
 
 @dataclass
@@ -154,7 +156,7 @@ class _Preparation:
     A chain of more than BATCH_TXS transactions is prepared by worker processes,
     PREPARE_AHEAD batches ahead, each batch split into
     one contiguous part per worker; while a batch is not back, ``idle`` (if given) is called
-    for small pieces of other work, until it first returns False. Without workers, or should
+    for small pieces of other work, until it returns False. Without workers, or should
     they fail, batches are prepared in this process (signatures on the shared thread pool).
     """
 
@@ -218,7 +220,7 @@ class _Preparation:
         if self._pool is None:
             return []
         try:
-            return submit_parts(self._pool, _prepare_txs, raws, self._workers)
+            return submit_parts(self._pool, _prepare_txs, raws, 2 * self._workers)
         except POOL_FAILURES:
             self._stop()
             return []
@@ -227,7 +229,7 @@ class _Preparation:
         if parts:
             while self._idle is not None and not all(part.done() for part in parts):
                 if not self._idle():
-                    self._idle = None  # nothing left to do meanwhile
+                    break  # nothing to do meanwhile, until the next batch
             try:
                 results = [part.result() for part in parts]
             except POOL_FAILURES:
@@ -252,11 +254,13 @@ def replay_store(
     progress: Callable[[int], None] | None = None,
     compare_results: bool = True,
     idle: Callable[[], bool] | None = None,
+    applied: Callable[[MemoryState, Delta], None] | None = None,
 ) -> tuple[MemoryState, ChainHead]:
     """Recompute state from the stored blocks, checking each against what the store claims.
 
     ``idle`` is called for small pieces of other work while the blocks' transactions are
-    still being decoded and checked elsewhere; it returns False when it has nothing left.
+    still being decoded and checked elsewhere; it returns False when it has nothing left for
+    now. ``applied`` is told of every delta the state takes, genesis's first.
     """
     stored_head = store.head()
     if stored_head is None:
@@ -268,6 +272,8 @@ def replay_store(
     state = MemoryState()
     founding = genesis_delta(genesis)
     state.apply(founding, [hashlib.sha256(genesis.to_bytes()).hexdigest()])
+    if applied is not None:
+        applied(state, founding)
     for org, row in founding.tables["org"].items():
         report.org_keys.setdefault(org, set()).add(row["sign_key"])
     head = ChainHead(0, g.hash, g.time)
@@ -286,6 +292,8 @@ def replay_store(
             if compare_results:
                 _compare_results(block, records, result.results)
             state.apply(result.delta, result.delta.tx_ids)
+            if applied is not None:
+                applied(state, result.delta)
             for org, row in result.delta.tables["org"].items():
                 report.org_keys.setdefault(org, set()).add(row["sign_key"])
             head = ChainHead(block.height, block.hash, block.time)
@@ -345,6 +353,9 @@ def _end_of_batch(
         progress(head.height)
 
 
+Cells = tuple[Any, ...]  # a row's column values as the store keeps them (``state_cells``)
+
+
 class _StoredState:
     """The store's state tables, read a piece at a time whenever replay would wait anyway.
 
@@ -356,8 +367,8 @@ class _StoredState:
     def __init__(self, store: ChainStore) -> None:
         self._store = store
         self._todo = [spec.name for spec in TABLES]
-        self._tables: dict[str, dict[str, dict[str, Any]]] = {}
-        self._rows: Iterator[tuple[str, dict[str, Any]]] | None = None
+        self._tables: dict[str, dict[str, Cells]] = {}
+        self._rows: Iterator[tuple[str, Cells]] | None = None
         self._error: Exception | None = None
 
     def step(self) -> bool:
@@ -367,7 +378,7 @@ class _StoredState:
         name = self._todo[0]
         try:
             if self._rows is None:
-                self._rows = self._store.state_rows(name)
+                self._rows = self._store.state_cells(name)
                 self._tables[name] = {}
             rows = list(itertools.islice(self._rows, STATE_ROWS_STEP))
             self._tables[name].update(rows)
@@ -379,8 +390,13 @@ class _StoredState:
             return False
         return True
 
-    def table(self, name: str) -> dict[str, dict[str, Any]]:
-        """Every stored row of a table, by key."""
+    @property
+    def complete(self) -> bool:
+        """Whether every table has been read (without a problem)."""
+        return not self._todo
+
+    def table(self, name: str) -> dict[str, Cells]:
+        """Every stored row of a table, by key, as the store's cells (``state_cells``)."""
         while name in self._todo and self.step():
             pass
         if name in self._todo:  # reading failed before this table was complete
@@ -389,23 +405,71 @@ class _StoredState:
         return self._tables[name]
 
 
-def _compare_state(stored_state: _StoredState, state: MemoryState, report: VerifyReport) -> None:
-    for spec in TABLES:
-        stored = stored_state.table(spec.name)
-        mine = state.tables[spec.name]
-        # The common case, everything equal, is settled by comparing whole tables; any
-        # difference is then looked up key by key, in order, to name the first one.
-        if stored != mine:
-            _name_state_difference(spec.name, spec.column_names(), stored, mine)
-        report.state_rows += len(mine)
-        report.counts[spec.name] = len(mine)
+class _StateCheck:
+    """The stored state tables against the state replay recomputes, compared as it goes.
+
+    While replay waits for prepared transactions, ``step`` reads the stored tables, then
+    compares the rows replay has written since they were last compared. A row written again
+    is compared again; one that differs is looked at again at the end, as it may yet be
+    written to what the store holds. ``finish`` then compares only what is left, so little of
+    the comparison waits until replay is over. (Rows are never deleted from a state.)
+    """
+
+    def __init__(self, store: ChainStore) -> None:
+        self._stored = _StoredState(store)
+        self._cells = {spec.name: store.row_cells(spec.name) for spec in TABLES}
+        self._state: MemoryState | None = None
+        # Keys written since last compared, and keys that differed when compared, by table.
+        self._pending: dict[str, set[str]] = {spec.name: set() for spec in TABLES}
+        self._differed: dict[str, set[str]] = {spec.name: set() for spec in TABLES}
+
+    def applied(self, state: MemoryState, delta: Delta) -> None:
+        """Note the rows a delta wrote to the state: replay's ``applied``."""
+        self._state = state
+        for name, rows in delta.tables.items():
+            if rows:
+                self._pending[name].update(rows)
+
+    def step(self) -> bool:
+        """Read or compare a piece; False when there is nothing to do for now."""
+        if self._stored.step():
+            return True
+        if not self._stored.complete or self._state is None:
+            return False  # reading failed: finish raises where the table is needed
+        for name, keys in self._pending.items():
+            if keys:
+                stored, mine = self._stored.table(name), self._state.tables[name]
+                cells = self._cells[name]
+                for key in [keys.pop() for _ in range(min(len(keys), COMPARE_STEP))]:
+                    if stored.get(key) != cells(mine[key]):
+                        self._differed[name].add(key)
+                return True
+        return False
+
+    def finish(self, state: MemoryState, report: VerifyReport) -> None:
+        """Compare what is left, raising for the first difference in each table's key order."""
+        for spec in TABLES:
+            stored = self._stored.table(spec.name)
+            mine = state.tables[spec.name]
+            cells = self._cells[spec.name]
+            # Every row of ``mine`` was written through ``applied``, so each has been compared
+            # since it was last written, or is compared here: with as many rows stored, the
+            # tables are equal. Any difference is looked up key by key, to name the first.
+            left = self._pending[spec.name] | self._differed[spec.name]
+            if state is not self._state:
+                left = set(mine)
+            if len(stored) != len(mine) or any(stored.get(k) != cells(mine[k]) for k in left):
+                _name_state_difference(spec.name, spec.column_names(), stored, mine, cells)
+            report.state_rows += len(mine)
+            report.counts[spec.name] = len(mine)
 
 
 def _name_state_difference(
     table: str,
     columns: tuple[str, ...],
-    stored: dict[str, dict[str, Any]],
+    stored: dict[str, Cells],
     mine: dict[str, dict[str, Any]],
+    cells: Callable[[dict[str, Any]], Cells],
 ) -> None:
     """Raise for the first key (in key order) whose row differs, naming the column."""
     for key in sorted(set(stored) | set(mine)):
@@ -413,12 +477,11 @@ def _name_state_difference(
             raise VerifyFailure(f"state {table} row {key}: missing from the store")
         if key not in mine:
             raise VerifyFailure(f"state {table} row {key}: in the store but not in any block")
-        for column in columns:
-            if stored[key][column] != mine[key][column]:
+        for column, theirs, ours in zip(columns, stored[key], cells(mine[key]), strict=True):
+            if theirs != ours:
                 raise VerifyFailure(
                     f"state {table} row {key}: column {column} differs from the blocks"
                 )
-    # Rows that differ only outside the table's columns are equal as far as state goes.
 
 
 # A blob's verdict: absent, present and matching its digest, or present and not matching.
@@ -477,6 +540,11 @@ def _check_blobs(
             return "not_held"
         return _BLOB_MISSING
 
+    if all(found == _SOUND for found in verdict.values()) and not any(
+        record["erased"] for record in records.values()
+    ):
+        report.blobs += len(versions)  # the common case: all content there and sound
+        return
     # Counting needs no order, so the versions are gone through as they are; should anything
     # be wrong, they are gone through again in key order, to name the first problem.
     counts = {"blobs": 0, "erased": 0, "not_held": 0}
@@ -573,10 +641,17 @@ def verify_chain(
     report = VerifyReport(network=genesis.network_id)
     with _collections_paused():
         try:
-            stored_state = _StoredState(store)
-            state, head = replay_store(store, genesis, report, progress, idle=stored_state.step)
+            state_check = _StateCheck(store)
+            state, head = replay_store(
+                store,
+                genesis,
+                report,
+                progress,
+                idle=state_check.step,
+                applied=state_check.applied,
+            )
             report.height, report.head = head.height, head.hash
-            _compare_state(stored_state, state, report)
+            state_check.finish(state, report)
             held = store.wrapped_versions() if held_content_only else None
             _check_blobs(blobs, state, report, held)
             _check_checkpoints(store, report)

@@ -39,6 +39,7 @@ import hashlib
 import itertools
 import json
 import logging
+import operator
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -205,6 +206,10 @@ class _Codec:
             self._copy_with_lists if self.lists else dict.copy
         )
         self._plan = tuple((c, _EXACT.get(kind)) for c, kind, _ in spec.columns)
+        getter = operator.itemgetter(*self.columns)  # a tuple from two columns on
+        self._cells: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
+            getter if len(self.columns) > 1 else lambda row: (getter(row),)
+        )
 
     def encode(self, rows: Mapping[str, Mapping[str, Any]]) -> list[tuple[Any, ...]]:
         """Driver parameters for rows by key, each a tuple in ``order``; types are checked so
@@ -267,6 +272,17 @@ class _Codec:
             raise StoreError(f"{self.table_name}: a row of {len(values)} columns")
         # The length was checked: strict zipping would only check it again.
         return values[0], self._converted(dict(zip(self.columns, values[1:])))  # noqa: B905
+
+    def cells(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        """A row's column values as the driver gives them back: strlists as their canonical
+        JSON text. Booleans stay booleans, equal to the 0 and 1 SQLite gives back."""
+        values = self._cells(row)
+        if not self.lists:
+            return values
+        return tuple(
+            canonical(v).decode("utf-8") if c in self.lists and v is not None else v
+            for c, v in zip(self.columns, values, strict=True)
+        )
 
     def _converted(self, row: dict[str, Any]) -> _CachedRow:
         """Strlist columns as lists, booleans as bool (SQLite gives 0 and 1)."""
@@ -1164,20 +1180,46 @@ class SqlChainStore:
 
     def state_rows(self, table: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every (key, row) of a state table, ordered by key, read in chunks."""
+        self._table(table)
+        codec = self._codecs[table]
+        for rows in self._state_pieces(table):
+            yield from (codec.decode_row(r) for r in rows)
+
+    def state_cells(self, table: str) -> Iterator[tuple[str, tuple[Any, ...]]]:
+        """Every (key, cells) of a state table, ordered by key: the row's column values as
+        stored, in column order, undecoded. Equal to ``row_cells(table)`` of an equal row.
+
+        ``rekam verify`` compares every stored row with the row it recomputes: this way the
+        stored row is not decoded, and only a recomputed row that might differ is encoded.
+        """
+        self._table(table)
+        width = len(self._codecs[table].order)
+        for rows in self._state_pieces(table):
+            for r in rows:
+                if len(r) != width:
+                    raise StoreError(f"{table}: a row of {len(r)} columns")
+                yield r[0], tuple(r[1:])
+
+    def row_cells(self, table: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+        """A function giving a row's cells as ``state_cells`` gives them for an equal row."""
+        self._table(table)
+        return self._codecs[table].cells
+
+    def _state_pieces(self, table: str) -> Iterator[list[Any]]:
+        """A state table's driver rows (key first, then the columns), by key, in chunks."""
         sql_table = self._table(table)
         if not self._refresh():
             return
-        codec = self._codecs[table]
         first, after = self._state_chunks[table]
         last: str | None = None
         while True:
             chunk = first if last is None else after
             params = chunk.params({} if last is None else {"last": last})
             with self._lock, self._reading(f"reading {sql_table.name}"):
-                # Plain driver rows zipped with the known column order (verify reads every
-                # row of every table: SQLAlchemy's row objects cost a fifth of the reading).
-                rows = [codec.decode_row(r) for r in _on_cursor(self._conn, chunk.sql, params)]
-            yield from rows
+                # Plain driver rows (verify reads every row of every table: SQLAlchemy's row
+                # objects cost a fifth of the reading).
+                rows = _on_cursor(self._conn, chunk.sql, params)
+            yield rows
             if len(rows) < _STATE_ROWS_CHUNK:
                 return
             last = rows[-1][0]
