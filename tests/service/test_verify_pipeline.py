@@ -33,6 +33,7 @@ from rekam.ledger.validate import check_signatures, decode_all
 from rekam.service import verify
 from rekam.service.datadir import DataDir
 from rekam.service.demo import run_demo
+from rekam.service.ports import BlockIndex
 from rekam.service.verify import VerifyReport, verify_chain
 from rekam.service.workspace import Workspace
 from rekam.storage import open_store
@@ -112,7 +113,16 @@ class _Store:
     def iter_block_records(
         self, start: int = 0, end: int | None = None
     ) -> Iterator[tuple[Block, list[Any]]]:
-        return iter([(b, []) for b in self.blocks if b.height >= start])
+        return iter([(b, []) for b in self._range(start, end)])
+
+    def block_index(self, start: int = 0, end: int | None = None) -> Iterator[BlockIndex]:
+        return iter(
+            BlockIndex(b.height, b.hash, b.prev, b.time, len(b.txs))
+            for b in self._range(start, end)
+        )
+
+    def _range(self, start: int, end: int | None) -> list[Block]:
+        return [b for b in self.blocks if start <= b.height and (end is None or b.height < end)]
 
 
 def _expected(blocks: list[Block]) -> list[tuple[int, list[Transaction | None], list[Any]]]:

@@ -122,8 +122,10 @@ def _ident(*kinds: str) -> Check:
 
 
 def _enum(options: Sequence[str]) -> Check:
+    allowed = frozenset(options)
+
     def check(v: Any) -> str | None:
-        return None if isinstance(v, str) and v in options else "not an allowed value"
+        return None if isinstance(v, str) and v in allowed else "not an allowed value"
 
     return check
 

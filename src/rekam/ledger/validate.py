@@ -131,9 +131,18 @@ def check_signatures(
     items: list[tuple[bytes, bytes, bytes]] = []
     for tx in txs:
         if tx is not None:
-            items.extend((s.key, tx.signed_message, s.sig) for s in tx.signatures)
-    flat = iter(verify_many(items, workers) if verify is None else verify(items))
-    return [() if tx is None else tuple(next(flat) for _ in tx.signatures) for tx in txs]
+            message = tx.signed_message
+            items += [(s.key, message, s.sig) for s in tx.signatures]
+    verdicts = verify_many(items, workers) if verify is None else verify(items)
+    out: list[tuple[bool, ...]] = []
+    done = 0
+    for tx in txs:
+        count = 0 if tx is None else len(tx.signatures)
+        out.append(tuple(verdicts[done : done + count]))
+        done += count
+    if done != len(verdicts):
+        raise ValueError("a verdict for every signature, no more, no fewer")
+    return out
 
 
 def apply_block(

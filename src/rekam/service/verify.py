@@ -161,6 +161,7 @@ class _Preparation:
     """
 
     def __init__(self, store: ChainStore, start: int, idle: Callable[[], bool] | None) -> None:
+        self._store, self._start = store, start
         self._batches = _batches(store, start)
         self._idle = idle
         self._pool: ProcessPoolExecutor | None = None
@@ -186,19 +187,18 @@ class _Preparation:
         self,
     ) -> Iterator[tuple[StoredBlock, list[Transaction | None], list[tuple[bool, ...]]]]:
         # A chain of at most BATCH_TXS transactions is done before workers would have started.
-        ahead: list[list[StoredBlock]] = []
+        # The stored transaction counts tell, before any block is read: they only decide
+        # where the work is done (the blocks' own transactions are what is prepared).
+        # Nodes never cut an empty block, so this many blocks are enough to tell.
         txs = 0
-        while txs <= BATCH_TXS:
-            batch = next(self._batches, None)
-            if batch is None:
+        for index in self._store.block_index(self._start, self._start + BATCH_TXS + 1):
+            txs += index.tx_count
+            if txs > BATCH_TXS:
+                started = fork_pool(MAX_WORKERS)
+                if started is not None:
+                    self._pool, self._workers = started
                 break
-            ahead.append(batch)
-            txs += sum(len(block.txs) for block, _ in batch)
-        if txs > BATCH_TXS:
-            started = fork_pool(MAX_WORKERS)
-            if started is not None:
-                self._pool, self._workers = started
-        batches = itertools.chain(ahead, self._batches)
+        batches = self._batches
         while True:
             while len(self._pending) < PREPARE_AHEAD:
                 batch = next(batches, None)
