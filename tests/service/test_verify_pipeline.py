@@ -185,6 +185,17 @@ def test_first_and_last_block_are_batches_of_their_own(small_batches: None) -> N
         assert sum(len(block.txs) for block, _ in batch[:-1]) < verify.BATCH_TXS
 
 
+def test_check_signatures_needs_one_verdict_per_signature() -> None:
+    decoded = decode_all([tx for block in _blocks()[:4] for tx in block.txs])
+    items = sum(len(tx.signatures) for tx in decoded if tx is not None)
+    assert [len(ok) for ok in check_signatures(decoded, verify=lambda i: [True] * len(i))] == [
+        0 if tx is None else len(tx.signatures) for tx in decoded
+    ]
+    for wrong in (items - 1, items + 1):
+        with pytest.raises(ValueError, match="a verdict for every signature"):
+            check_signatures(decoded, verify=lambda _, n=wrong: [True] * n)
+
+
 def test_a_short_chain_needs_no_workers(pools: list[int]) -> None:
     blocks = _blocks()[:3]
     assert sum(len(block.txs) for block in blocks) <= verify.BATCH_TXS
