@@ -315,8 +315,10 @@ class _CellStore:
         return lambda row: tuple(row[column] for column in columns)
 
 
-def _replay(check: verify._StateCheck, writes: list[dict[str, dict[str, Any]]]) -> MemoryState:
-    """Apply each delta of org rows, letting the check do all it can after each."""
+def _replay(
+    check: verify._StateCheck, writes: list[dict[str, dict[str, Any]]], idle: bool = True
+) -> MemoryState:
+    """Apply each delta of org rows, letting the check do all it can after each (idle)."""
     state = MemoryState()
     for rows in writes:
         delta = Delta()
@@ -324,9 +326,19 @@ def _replay(check: verify._StateCheck, writes: list[dict[str, dict[str, Any]]]) 
             delta.put("org", key, row)
         state.apply(delta, [])
         check.applied(state, delta)
-        while check.step():
+        while idle and check.step():
             pass
     return state
+
+
+def test_the_check_keeps_pace_with_replay_that_never_waits() -> None:
+    stored = {f"k{i:04d}": _org(str(i)) for i in range(3000)}
+    check = verify._StateCheck(_CellStore(stored))  # type: ignore[arg-type]
+    writes = [{key: stored[key] for key in list(stored)[i : i + 500]} for i in range(0, 3000, 500)]
+    _replay(check, writes, idle=False)
+    # Read and compared as the rows were written: nothing is left for the end.
+    assert not check.step()
+    check.finish(_replay(verify._StateCheck(_CellStore(stored)), writes), VerifyReport())
 
 
 def _finish(stored: dict[str, dict[str, Any]], writes: list[dict[str, dict[str, Any]]]) -> None:

@@ -111,15 +111,15 @@ StoredBlock = tuple[Block, list[TxRecord]]  # a block and the stored results of 
 def _batches(store: ChainStore, start: int) -> Iterator[list[StoredBlock]]:
     """The stored blocks from ``start`` on, in batches for preparing.
 
-    The first and the last block each make a batch of their own. The workers start on the
-    first block while the next are read; the last block's transactions are the only ones
+    The first two and the last block each make a batch of their own. The workers start on
+    the first blocks while the next are read; the last block's transactions are the only ones
     applied with nothing left to prepare beside them, so that stretch is one block long.
     """
     stored = store.iter_block_records(start)
     batch: list[StoredBlock] = []
     txs = 0
     current = next(stored, None)
-    first = True
+    alone = 2  # blocks still to come alone at the start
     while current is not None:
         following = next(stored, None)
         if following is None and batch:
@@ -127,9 +127,9 @@ def _batches(store: ChainStore, start: int) -> Iterator[list[StoredBlock]]:
             batch, txs = [], 0
         batch.append(current)
         txs += len(current[0].txs)
-        if first or following is None or len(batch) >= BATCH_BLOCKS or txs >= BATCH_TXS:
+        if alone or following is None or len(batch) >= BATCH_BLOCKS or txs >= BATCH_TXS:
             yield batch
-            batch, txs, first = [], 0, False
+            batch, txs, alone = [], 0, max(alone - 1, 0)
         current = following
 
 
@@ -369,6 +369,8 @@ class _StoredState:
         self._todo = [spec.name for spec in TABLES]
         self._tables: dict[str, dict[str, Cells]] = {}
         self._rows: Iterator[tuple[str, Cells]] | None = None
+        #: Rows read so far.
+        self.read = 0
         self._error: Exception | None = None
 
     def step(self) -> bool:
@@ -382,6 +384,7 @@ class _StoredState:
                 self._tables[name] = {}
             rows = list(itertools.islice(self._rows, STATE_ROWS_STEP))
             self._tables[name].update(rows)
+            self.read += len(rows)
             if len(rows) < STATE_ROWS_STEP:
                 self._todo.pop(0)
                 self._rows = None
@@ -408,11 +411,15 @@ class _StoredState:
 class _StateCheck:
     """The stored state tables against the state replay recomputes, compared as it goes.
 
-    While replay waits for prepared transactions, ``step`` reads the stored tables, then
-    compares the rows replay has written since they were last compared. A row written again
-    is compared again; one that differs is looked at again at the end, as it may yet be
-    written to what the store holds. ``finish`` then compares only what is left, so little of
-    the comparison waits until replay is over. (Rows are never deleted from a state.)
+    ``step`` reads the stored tables, then compares the rows replay has written since they
+    were last compared. A row written again is compared again; one that differs is looked at
+    again at the end, as it may yet be written to what the store holds. ``finish`` then
+    compares only what is left, so little of the comparison waits until replay is over, when
+    nothing else is left to run beside it. (Rows are never deleted from a state.)
+
+    Steps run while replay waits for prepared transactions, and also as replay writes rows
+    (``applied``): when the workers are ahead, replay never waits, and the whole stored state
+    would otherwise be read and compared after it.
     """
 
     def __init__(self, store: ChainStore) -> None:
@@ -422,29 +429,45 @@ class _StateCheck:
         # Keys written since last compared, and keys that differed when compared, by table.
         self._pending: dict[str, set[str]] = {spec.name: set() for spec in TABLES}
         self._differed: dict[str, set[str]] = {spec.name: set() for spec in TABLES}
+        # Rows still to be read or compared to keep pace with the rows replay has written.
+        self._owed = 0
 
     def applied(self, state: MemoryState, delta: Delta) -> None:
-        """Note the rows a delta wrote to the state: replay's ``applied``."""
+        """Note the rows a delta wrote to the state, and keep pace: replay's ``applied``.
+
+        For each row written, about two rows are read or compared: in the common case of as
+        many stored rows as writes, the reading and the comparing end with replay.
+        """
         self._state = state
         for name, rows in delta.tables.items():
             if rows:
                 self._pending[name].update(rows)
+                self._owed += 2 * len(rows)
+        while self._owed > 0:
+            done = self._work()
+            self._owed = self._owed - done if done else 0
 
     def step(self) -> bool:
         """Read or compare a piece; False when there is nothing to do for now."""
+        return self._work() > 0
+
+    def _work(self) -> int:
+        """Read or compare a piece; how many rows that was (0: nothing to do for now)."""
+        read = self._stored.read
         if self._stored.step():
-            return True
+            return max(self._stored.read - read, 1)  # an empty table costs a statement
         if not self._stored.complete or self._state is None:
-            return False  # reading failed: finish raises where the table is needed
+            return 0  # reading failed: finish raises where the table is needed
         for name, keys in self._pending.items():
             if keys:
                 stored, mine = self._stored.table(name), self._state.tables[name]
                 cells = self._cells[name]
-                for key in [keys.pop() for _ in range(min(len(keys), COMPARE_STEP))]:
+                batch = [keys.pop() for _ in range(min(len(keys), COMPARE_STEP))]
+                for key in batch:
                     if stored.get(key) != cells(mine[key]):
                         self._differed[name].add(key)
-                return True
-        return False
+                return len(batch)
+        return 0
 
     def finish(self, state: MemoryState, report: VerifyReport) -> None:
         """Compare what is left, raising for the first difference in each table's key order."""

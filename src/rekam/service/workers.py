@@ -66,7 +66,11 @@ def fork_pool(limit: int) -> tuple[ProcessPoolExecutor, int] | None:
     if not workers:
         return None
     context = multiprocessing.get_context("fork")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start), workers
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start)
+    # The processes start with the first task: an empty one starts them now, before the
+    # caller reads what it will hand them.
+    pool.submit(check_items, [])
+    return pool, workers
 
 
 def check_items(items: Sequence[SigItem]) -> list[bool]:

@@ -1072,13 +1072,13 @@ class SqlChainStore:
             end = head[0] + 1
         headers_stmt, txs_stmt = self._range_headers, self._range_txs[records]
         low = max(start, 0)
-        # The first chunk is one block and each next one twice as long, up to the limit: the
-        # first block comes back at once (a verifier hands it to its workers straight away)
-        # and a long read still takes few statements.
-        size = 1
+        # The first two chunks are one block each and each next one twice as long, up to the
+        # limit: the first blocks come back at once (a verifier hands each to its workers
+        # straight away) and a long read still takes few statements.
+        size, next_size = 1, 1
         while low < end:
             high = min(low + size, end)
-            size = min(2 * size, _ITER_BLOCKS_CHUNK)
+            size, next_size = next_size, min(2 * next_size, _ITER_BLOCKS_CHUNK)
             bounds = {"low": low, "high": high}
             with self._lock, self._reading(f"reading blocks {low} to {high - 1}"):
                 headers = _on_cursor(self._conn, headers_stmt.sql, headers_stmt.params(bounds))
