@@ -154,10 +154,11 @@ class _Preparation:
     Blocks come out in order, with their stored results, their decoded transactions (None
     where malformed) and each transaction's signature results, as ``apply_block`` takes them.
     A chain of more than BATCH_TXS transactions is prepared by worker processes,
-    PREPARE_AHEAD batches ahead, each batch split into
-    one contiguous part per worker; while a batch is not back, ``idle`` (if given) is called
-    for small pieces of other work, until it returns False. Without workers, or should
-    they fail, batches are prepared in this process (signatures on the shared thread pool).
+    PREPARE_AHEAD batches ahead, each batch split into two contiguous parts per worker (so
+    that the workers finish the last batch together); while a batch is not back, ``idle`` (if
+    given) is called for small pieces of other work, until it returns False. Without workers,
+    or should they fail, batches are prepared in this process (signatures on the shared
+    thread pool).
     """
 
     def __init__(self, store: ChainStore, start: int, idle: Callable[[], bool] | None) -> None:
@@ -357,7 +358,7 @@ Cells = tuple[Any, ...]  # a row's column values as the store keeps them (``stat
 
 
 class _StoredState:
-    """The store's state tables, read a piece at a time whenever replay would wait anyway.
+    """The store's state tables, read a piece at a time beside replay (see ``_StateCheck``).
 
     Replay reads only blocks, so reading the state early changes no outcome. A problem met
     while reading is kept and raised when its table is asked for, after replay, just where

@@ -1189,8 +1189,9 @@ class SqlChainStore:
         """Every (key, cells) of a state table, ordered by key: the row's column values as
         stored, in column order, undecoded. Equal to ``row_cells(table)`` of an equal row.
 
-        ``rekam verify`` compares every stored row with the row it recomputes: this way the
-        stored row is not decoded, and only a recomputed row that might differ is encoded.
+        ``rekam verify`` compares every stored row with the row it recomputes: this way no
+        stored row is decoded; the recomputed row is turned into cells instead, which costs
+        a tuple of its values (and a JSON text for each strlist).
         """
         self._table(table)
         width = len(self._codecs[table].order)
