@@ -1085,18 +1085,17 @@ class SqlChainStore:
                 rows = _on_cursor(self._conn, txs_stmt.sql, txs_stmt.params(bounds))
             found: dict[int, list[TxRecord]] = {}
             raws: dict[int, list[bytes]] = {}
-            if records:
-                for row in rows:
+            for row in rows:
+                if records:
                     record = self._tx_record(row)
                     found.setdefault(record.height, []).append(record)
-                    raws.setdefault(record.height, []).append(record.raw)
-            else:
-                for h, raw in rows:
-                    raws.setdefault(int(h), []).append(bytes(raw))
+                else:
+                    raws.setdefault(int(row[0]), []).append(bytes(row[1]))
             for h, header, signature in headers:
                 height = int(h)
-                block = Block(parse(bytes(header)), bytes(signature), tuple(raws.get(height, ())))
-                yield block, found.get(height, [])
+                mine = found.get(height, [])
+                txs = tuple(r.raw for r in mine) if records else tuple(raws.get(height, ()))
+                yield Block(parse(bytes(header)), bytes(signature), txs), mine
             if len(headers) < high - low:
                 return  # past the head (or a gap, which the chain never has)
             low = high
