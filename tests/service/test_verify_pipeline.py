@@ -134,7 +134,7 @@ def _expected(blocks: list[Block]) -> list[tuple[int, list[Transaction | None], 
 
 
 def _prepared(blocks: list[Block], idle: Any = None) -> list[tuple[int, list[Any], list[Any]]]:
-    with verify._Preparation(_Store(blocks), 1, idle) as prepared:  # type: ignore[arg-type]
+    with verify._Preparation(_Store(blocks), 1, blocks[-1].height + 1, idle) as prepared:  # type: ignore[arg-type]
         return [(block.height, txs, ok) for (block, _), txs, ok in prepared]
 
 
@@ -176,7 +176,7 @@ def test_mixed_blocks_are_what_decode_all_and_check_signatures_give(
 
 def test_first_and_last_block_are_batches_of_their_own(small_batches: None) -> None:
     blocks = _blocks()
-    batches = list(verify._batches(_Store(blocks), 1))  # type: ignore[arg-type]
+    batches = list(verify._batches(_Store(blocks), 1, blocks[-1].height + 1))  # type: ignore[arg-type]
     assert [block for batch in batches for block, _ in batch] == blocks
     assert len(batches[0]) == len(batches[-1]) == 1
     for batch in batches[1:-1]:
@@ -216,7 +216,7 @@ def test_idle_work_runs_while_waiting_until_it_has_none_for_the_batch(
     assert _prepared(blocks, idle) == _expected(blocks)
     # Once idle says it has nothing to do, it is asked again only while the next batch is
     # waited for: it may have been given more to do by then.
-    batches = len(list(verify._batches(_Store(blocks), 1)))  # type: ignore[arg-type]
+    batches = len(list(verify._batches(_Store(blocks), 1, blocks[-1].height + 1)))  # type: ignore[arg-type]
     assert len(calls) <= 5 + batches
 
 

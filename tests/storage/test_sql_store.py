@@ -29,6 +29,7 @@ from rekam.ledger.block import Block, Checkpoint
 from rekam.ledger.state import TABLES, Delta, MemoryState
 from rekam.service.ports import ConflictError, StoreError, TxRecord
 from rekam.storage import MAX_PARAMS, SqlChainStore, migrations
+from rekam.storage import _sql as sql
 
 Factory = Callable[[], SqlChainStore]
 
@@ -678,6 +679,26 @@ def test_state_cells_equal_the_cells_of_equal_rows_only(open_stores: Factory) ->
                 assert cells({**mine["k-1"], column: changed}) != stored["k-1"], column
     with pytest.raises(KeyError):
         store.row_cells("nope")
+
+
+def test_state_cells_pages_through_every_row_once(
+    open_stores: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read a few rows at a time (in rowid order on SQLite), rows rewritten since included."""
+    monkeypatch.setattr(sql, "_STATE_ROWS_CHUNK", 3)
+    store = open_stores()
+    g = init(store)
+    first = append(
+        store, g, [], delta(*[("record", f"k-{n:02}", row("record", n)) for n in range(10)])
+    )
+    # A rewritten row is deleted and inserted again: on SQLite it moves to the end.
+    rewritten = {f"k-{n:02}": row("record", 100 + n) for n in (0, 4, 9)}
+    append(store, first, ["t2"], delta(*[("record", k, v) for k, v in rewritten.items()]))
+    cells = store.row_cells("record")
+    read = list(store.state_cells("record"))
+    assert len(read) == 10
+    expected = {f"k-{n:02}": row("record", n) for n in range(10)} | rewritten
+    assert dict(read) == {key: cells(values) for key, values in expected.items()}
 
 
 def test_replace_state_is_atomic(store: SqlChainStore) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn, Protocol, runtime_checkable
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -51,6 +52,9 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     through this function: PyNaCl's ``crypto_sign_open`` (libsodium), which rejects a
     non-canonical S (S >= L), small-order or non-canonical R and A, and keys that are not curve
     points. A wrong-length key or signature, or non-bytes input, is simply invalid.
+
+    It is the call ``VerifyKey(key).verify(message, signature)`` makes, after the same length
+    checks as here, without building a ``VerifyKey`` for each check (about 1 us of 63).
     """
     if (
         type(public_key) is not bytes
@@ -61,7 +65,7 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     ):
         return False
     try:
-        nacl.signing.VerifyKey(public_key).verify(message, signature)
+        nacl.bindings.crypto_sign_open(signature + message, public_key)
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         # BadSignatureError covers forged signatures and keys that are not valid points.
         return False

@@ -108,29 +108,30 @@ class VerifyFailure(Exception):
 StoredBlock = tuple[Block, list[TxRecord]]  # a block and the stored results of its txs
 
 
-def _batches(store: ChainStore, start: int) -> Iterator[list[StoredBlock]]:
-    """The stored blocks from ``start`` on, in batches for preparing.
+def _batches(store: ChainStore, start: int, end: int) -> Iterator[list[StoredBlock]]:
+    """The stored blocks from ``start`` up to (excluding) ``end``, in batches for preparing.
 
     The first two and the last block each make a batch of their own. The workers start on
     the first blocks while the next are read; the last block's transactions are the only ones
     applied with nothing left to prepare beside them, so that stretch is one block long.
+    Each batch goes as soon as its last block is read: the last block is known by its height,
+    not by reading past it (a read of up to 64 blocks, which held up each batch at the start).
     """
-    stored = store.iter_block_records(start)
     batch: list[StoredBlock] = []
     txs = 0
-    current = next(stored, None)
     alone = 2  # blocks still to come alone at the start
-    while current is not None:
-        following = next(stored, None)
-        if following is None and batch:
+    for current in store.iter_block_records(start, end):
+        last = current[0].height == end - 1
+        if last and batch:
             yield batch
             batch, txs = [], 0
         batch.append(current)
         txs += len(current[0].txs)
-        if alone or following is None or len(batch) >= BATCH_BLOCKS or txs >= BATCH_TXS:
+        if alone or last or len(batch) >= BATCH_BLOCKS or txs >= BATCH_TXS:
             yield batch
             batch, txs, alone = [], 0, max(alone - 1, 0)
-        current = following
+    if batch:  # the store held fewer blocks than its head said: replay names the problem
+        yield batch
 
 
 PreparedTxs = tuple[list[Transaction | None], list[tuple[bool, ...]]]
@@ -149,7 +150,7 @@ def _prepare_txs(raws: list[bytes]) -> WorkerResult:
 
 
 class _Preparation:
-    """Batches of blocks from a height on, each with its transactions decoded and checked.
+    """Batches of the blocks in a range of heights, each with its transactions decoded and checked.
 
     Blocks come out in order, with their stored results, their decoded transactions (None
     where malformed) and each transaction's signature results, as ``apply_block`` takes them.
@@ -161,9 +162,11 @@ class _Preparation:
     thread pool).
     """
 
-    def __init__(self, store: ChainStore, start: int, idle: Callable[[], bool] | None) -> None:
+    def __init__(
+        self, store: ChainStore, start: int, end: int, idle: Callable[[], bool] | None
+    ) -> None:
         self._store, self._start = store, start
-        self._batches = _batches(store, start)
+        self._batches = _batches(store, start, end)
         self._idle = idle
         self._pool: ProcessPoolExecutor | None = None
         self._workers = 1
@@ -280,7 +283,7 @@ def replay_store(
     head = ChainHead(0, g.hash, g.time)
     report.blocks = 1
     _check_index(store, [first])
-    with _Preparation(store, 1, idle) as prepared:
+    with _Preparation(store, 1, stored_head[0] + 1, idle) as prepared:
         batch: list[Block] = []
         for (block, records), txs, sig_ok in prepared:
             report.signatures += sum(len(ok) for ok in sig_ok) + 1
@@ -676,6 +679,10 @@ def verify_chain(
             )
             report.height, report.head = head.height, head.hash
             state_check.finish(state, report)
+            # The stored rows are the bulk of what collections would traverse once they are
+            # on again (10 ms on a chain of 10,000 transactions): they go now, by reference
+            # counting.
+            del state_check
             held = store.wrapped_versions() if held_content_only else None
             _check_blobs(blobs, state, report, held)
             _check_checkpoints(store, report)

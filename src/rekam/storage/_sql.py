@@ -60,6 +60,7 @@ from sqlalchemy import (
     event,
     insert,
     inspect,
+    literal_column,
     select,
     update,
 )
@@ -429,6 +430,18 @@ class _Prepared:
         return tuple(merged[name] for name in self.positions)
 
 
+def _paged(
+    place: ColumnElement[Any], rows: Select[Any], dialect: Dialect
+) -> tuple[_Prepared, _Prepared]:
+    """Statements reading ``rows`` a chunk at a time in the order of ``place``, the first
+    column of each row: the first chunk, and the chunk after the place bound to ``last``."""
+    in_order = rows.order_by(place).limit(_STATE_ROWS_CHUNK)
+    return (
+        _Prepared(in_order, dialect),
+        _Prepared(in_order.where(place > bindparam("last")), dialect),
+    )
+
+
 class _KeyList:
     """A statement with an expanding ``IN`` parameter named ``ks``, compiled once.
 
@@ -519,6 +532,7 @@ class SqlChainStore:
         self._get_many: dict[str, _KeyList] = {}
         self._delete_many: dict[str, _KeyList] = {}
         self._state_chunks: dict[str, tuple[_Prepared, _Prepared]] = {}
+        self._cell_chunks: dict[str, tuple[_Prepared, _Prepared]] = {}
         for name, table in sc.state_tables.items():
             self._get_one[name] = _Prepared(
                 select(table).where(table.c.key == bindparam("k")), dialect
@@ -527,11 +541,12 @@ class SqlChainStore:
             self._delete_many[name] = _KeyList(delete(table).where(_in_keys(table.c.key)), dialect)
             # state_rows reads a table in key order, a chunk at a time: the first chunk, then
             # each one after the last key read.
-            in_order = select(table).order_by(table.c.key).limit(_STATE_ROWS_CHUNK)
-            self._state_chunks[name] = (
-                _Prepared(in_order, dialect),
-                _Prepared(in_order.where(table.c.key > bindparam("last")), dialect),
-            )
+            self._state_chunks[name] = _paged(table.c.key, select(table), dialect)
+            # state_cells needs no order, and reads each row with its place first: on SQLite
+            # the rowid, the order the rows are stored in (about 1.6 us a row where key order
+            # takes 2.3, each row looked up from the key's index); elsewhere the key.
+            place = literal_column("rowid") if dialect.name == "sqlite" else table.c.key
+            self._cell_chunks[name] = _paged(place, select(place, table), dialect)
         self._insert_state = {
             name: _Insert(table, dialect) for name, table in sc.state_tables.items()
         }
@@ -1185,7 +1200,7 @@ class SqlChainStore:
             yield from (codec.decode_row(r) for r in rows)
 
     def state_cells(self, table: str) -> Iterator[tuple[str, tuple[Any, ...]]]:
-        """Every (key, cells) of a state table, ordered by key: the row's column values as
+        """Every (key, cells) of a state table, in no set order: the row's column values as
         stored, in column order, undecoded. Equal to ``row_cells(table)`` of an equal row.
 
         ``rekam verify`` compares every stored row with the row it recomputes: this way no
@@ -1193,24 +1208,27 @@ class SqlChainStore:
         a tuple of its values (and a JSON text for each strlist).
         """
         self._table(table)
-        width = len(self._codecs[table].order)
-        for rows in self._state_pieces(table):
+        width = 1 + len(self._codecs[table].order)
+        for rows in self._state_pieces(table, self._cell_chunks):
             for r in rows:
                 if len(r) != width:
-                    raise StoreError(f"{table}: a row of {len(r)} columns")
-                yield r[0], tuple(r[1:])
+                    raise StoreError(f"{table}: a row of {len(r) - 1} columns")
+                yield r[1], tuple(r[2:])
 
     def row_cells(self, table: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
         """A function giving a row's cells as ``state_cells`` gives them for an equal row."""
         self._table(table)
         return self._codecs[table].cells
 
-    def _state_pieces(self, table: str) -> Iterator[list[Any]]:
-        """A state table's driver rows (key first, then the columns), by key, in chunks."""
+    def _state_pieces(
+        self, table: str, chunks: dict[str, tuple[_Prepared, _Prepared]] | None = None
+    ) -> Iterator[list[Any]]:
+        """A state table's driver rows, in chunks: by default by key, each the key and then
+        the columns; with ``chunks``, in their order, each row's place first."""
         sql_table = self._table(table)
         if not self._refresh():
             return
-        first, after = self._state_chunks[table]
+        first, after = (self._state_chunks if chunks is None else chunks)[table]
         last: str | None = None
         while True:
             chunk = first if last is None else after
