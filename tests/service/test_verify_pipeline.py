@@ -135,7 +135,7 @@ def _expected(blocks: list[Block]) -> list[tuple[int, list[Transaction | None], 
 
 def _prepared(blocks: list[Block], idle: Any = None) -> list[tuple[int, list[Any], list[Any]]]:
     with verify._Preparation(_Store(blocks), 1, blocks[-1].height + 1, idle) as prepared:  # type: ignore[arg-type]
-        return [(block.height, txs, ok) for (block, _), txs, ok in prepared]
+        return [(block.height, list(txs), list(ok)) for (block, _), txs, ok in prepared]
 
 
 @pytest.fixture
@@ -242,6 +242,54 @@ def test_failing_workers_leave_the_work_to_this_process(
     monkeypatch.setattr(verify, "fork_pool", lambda limit: (pool(), 2))
     blocks = _blocks()
     assert _prepared(blocks) == _expected(blocks)
+
+
+def _finished(result: Any) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_result(result)
+    return future
+
+
+class _NotYet(Future[Any]):
+    """A part still being checked: waiting for it fails the test instead of hanging it."""
+
+    def result(self, timeout: float | None = None) -> Any:
+        assert self.done(), "waited for a part whose transactions were not asked for yet"
+        return super().result(timeout)
+
+
+def test_a_batch_is_handed_out_as_its_parts_arrive() -> None:
+    """The first part's transactions come out while the second part is still being checked."""
+    raws = [tx for block in _blocks()[:4] for tx in block.txs]
+    first, second = raws[:5], raws[5:]
+    later = _NotYet()
+    arriving = verify._Arriving(
+        raws, [_finished(verify._prepare_txs(first)), later], None, lambda: None
+    )
+    expected = decode_all(raws)
+    assert list(arriving.txs(0, 5)) == expected[:5]
+    assert list(arriving.sig_ok(0, 5)) == check_signatures(expected[:5])
+    later.set_result(verify._prepare_txs(second))
+    assert list(arriving.txs(5, len(raws))) == expected[5:]
+    assert list(arriving.sig_ok(5, len(raws))) == check_signatures(expected[5:])
+
+
+def test_a_part_lost_with_its_worker_is_prepared_here() -> None:
+    raws = [tx for block in _blocks()[:4] for tx in block.txs]
+    lost: Future[Any] = Future()
+    lost.set_exception(BrokenProcessPool("a worker died"))
+    never: Future[Any] = Future()  # of the same broken pool: not waited for
+    failures: list[int] = []
+    arriving = verify._Arriving(
+        raws,
+        [_finished(verify._prepare_txs(raws[:3])), lost, never],
+        None,
+        lambda: failures.append(1),
+    )
+    expected = decode_all(raws)
+    assert list(arriving.txs(0, len(raws))) == expected
+    assert list(arriving.sig_ok(0, len(raws))) == check_signatures(expected)
+    assert failures == [1]
 
 
 # --- the stored state, read while waiting ------------------------------------------------------
@@ -489,3 +537,22 @@ def test_workers_name_the_same_problem(
     alone = _without_workers(node, monkeypatch)
     assert not alone.ok
     assert _with_workers(node, monkeypatch, pools).problem == alone.problem
+
+
+# --- blobs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [5, verify.BLOB_THREADS_FROM + 6])
+def test_blob_verdicts_alike_on_reader_threads_and_without(tmp_path: Path, count: int) -> None:
+    """Present and sound, present and corrupt, or absent: in input order, however read."""
+    blobs = DirectoryBlobStore(tmp_path)
+    digests = [blobs.put(f"content {n}".encode()) for n in range(count)]
+    corrupt, absent = digests[1], digests[-1]
+    blobs.path_of(corrupt).chmod(0o600)
+    blobs.path_of(corrupt).write_bytes(b"tampered")
+    blobs.delete(absent)
+    expected = [
+        verify._CORRUPT if d == corrupt else verify._ABSENT if d == absent else verify._SOUND
+        for d in digests
+    ]
+    assert verify._blob_verdicts(blobs, digests) == expected

@@ -152,26 +152,34 @@ def apply_block(
     block: Block,
     org_ids: Iterable[str],
     *,
-    txs: Sequence[Transaction | None] | None = None,
-    sig_ok: Sequence[tuple[bool, ...]] | None = None,
+    txs: Iterable[Transaction | None] | None = None,
+    sig_ok: Iterable[tuple[bool, ...]] | None = None,
     own_root: bool = False,
 ) -> BlockResult:
     """Validate a block against state and return each transaction's result and the writes.
 
     ``txs`` and ``sig_ok`` may be passed when already computed (a verifier decodes and checks
     signatures of many blocks in parallel); they must be exactly what ``decode_all`` and
-    ``check_signatures`` return for this block. ``own_root`` is ``check_block``'s: only for
+    ``check_signatures`` return for this block. They are taken one transaction at a time, so
+    they may be iterators that wait for each (a verifier applies the first transactions of a
+    block while its workers still check the last). ``own_root`` is ``check_block``'s: only for
     a block the caller cut itself.
     """
     check_block(st, genesis, head, block, own_root=own_root)
-    decoded = decode_all(block.txs) if txs is None else list(txs)
-    sigs = check_signatures(decoded) if sig_ok is None else list(sig_ok)
-    if is_prefetching(st):
-        wanted: dict[str, set[str]] = {}
-        for tx in decoded:
-            if tx is not None:
-                add_state_keys(tx, wanted)
-        st.prefetch(wanted, [tx.tx_id for tx in decoded if tx is not None])
+    decoded: Iterable[Transaction | None] = txs if txs is not None else []
+    sigs: Iterable[tuple[bool, ...]] = sig_ok if sig_ok is not None else []
+    if txs is None or sig_ok is None or is_prefetching(st):
+        # Checking signatures here, or prefetching state, needs every transaction first.
+        listed = decode_all(block.txs) if txs is None else list(txs)
+        if sig_ok is None:
+            sigs = check_signatures(listed)
+        if is_prefetching(st):
+            wanted: dict[str, set[str]] = {}
+            for tx in listed:
+                if tx is not None:
+                    add_state_keys(tx, wanted)
+            st.prefetch(wanted, [tx.tx_id for tx in listed if tx is not None])
+        decoded = listed
     ctx = Context(block.height, block.time, genesis.policy, tuple(genesis.orderers))
     delta = Delta()
     view = Overlay(st, delta)
@@ -182,7 +190,9 @@ def apply_block(
     block_time = block.time
     latest = block_time + policy["max_future_ms"]
     earliest = block_time - policy["max_tx_age_ms"]
+    taken: list[Transaction | None] = []
     for raw, tx, ok in zip(block.txs, decoded, sigs, strict=True):
+        taken.append(tx)
         if tx is None:
             results.append(TxResult(hashlib.sha256(raw).hexdigest(), "", False, "malformed", False))
             continue
@@ -218,7 +228,7 @@ def apply_block(
         if authenticated:
             delta.tx_ids.add(tx.tx_id)
         results.append(TxResult(tx.tx_id, tx.type, code == "ok", code, authenticated))
-    return BlockResult(results, delta, decoded)
+    return BlockResult(results, delta, taken)
 
 
 def replay(

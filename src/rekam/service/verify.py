@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import itertools
+import operator
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -134,7 +135,6 @@ def _batches(store: ChainStore, start: int, end: int) -> Iterator[list[StoredBlo
         yield batch
 
 
-PreparedTxs = tuple[list[Transaction | None], list[tuple[bool, ...]]]
 # What a worker sends back for its part of a batch: each transaction's id (None where the
 # bytes are malformed) and its signature results. The verifier holds the bytes already and
 # rebuilds the decoded transactions from them (Transaction.accepted), so they do not travel
@@ -149,17 +149,90 @@ def _prepare_txs(raws: list[bytes]) -> WorkerResult:
     return ids, check_signatures(decoded, workers=1)
 
 
+class _Arriving:
+    """One batch's decoded transactions and signature results, taken a part at a time as the
+    workers return them.
+
+    A block's transactions are handed to ``apply_block`` one by one (``txs`` and
+    ``sig_ok``), so the verifier applies the first while the workers still check the last:
+    otherwise the chain's last block would be applied with nothing else running beside it.
+    """
+
+    def __init__(
+        self,
+        raws: list[bytes],
+        parts: list[Future[WorkerResult]],
+        idle: Callable[[], bool] | None,
+        failed: Callable[[], None],
+    ) -> None:
+        self._raws = raws
+        self._parts = deque(parts)
+        # Asked for small pieces of other work while a part is not back, until it says it
+        # has none; then not again for this batch.
+        self._idle = idle
+        self._failed = failed
+        self._txs: list[Transaction | None] = []
+        self._sig_ok: list[tuple[bool, ...]] = []
+        #: Called once this batch's last part is taken, when it is the chain's last batch.
+        self.finished: Callable[[], None] | None = None
+
+    def txs(self, start: int, end: int) -> Iterator[Transaction | None]:
+        """The decoded transactions from ``start`` to ``end``, as they arrive."""
+        for index in range(start, end):
+            if index >= len(self._txs):
+                self._take(index)
+            yield self._txs[index]
+
+    def sig_ok(self, start: int, end: int) -> Iterator[tuple[bool, ...]]:
+        """The signature results from ``start`` to ``end``, as they arrive."""
+        for index in range(start, end):
+            if index >= len(self._sig_ok):
+                self._take(index)
+            yield self._sig_ok[index]
+
+    def _take(self, index: int) -> None:
+        """Take parts until the one holding ``index`` is in."""
+        while len(self._txs) <= index:
+            if not self._parts:
+                # No workers, or they failed: the rest of the batch is prepared here.
+                rest = decode_all(self._raws[len(self._txs) :])
+                self._txs += rest
+                self._sig_ok += check_signatures(rest)
+                return
+            part = self._parts.popleft()
+            while self._idle is not None and not part.done():
+                if not self._idle():
+                    self._idle = None
+            try:
+                ids, sig_ok = part.result()
+            except POOL_FAILURES:
+                self._failed()
+                self._parts.clear()
+                continue
+            if not self._parts and self.finished is not None:
+                self.finished()
+            at = len(self._txs)
+            self._txs += [
+                None if tx_id is None else Transaction.accepted(raw, tx_id)
+                for raw, tx_id in zip(self._raws[at : at + len(ids)], ids, strict=True)
+            ]
+            self._sig_ok += sig_ok
+
+
+PreparedBlock = tuple[StoredBlock, Iterator[Transaction | None], Iterator[tuple[bool, ...]]]
+
+
 class _Preparation:
     """Batches of the blocks in a range of heights, each with its transactions decoded and checked.
 
     Blocks come out in order, with their stored results, their decoded transactions (None
-    where malformed) and each transaction's signature results, as ``apply_block`` takes them.
-    A chain of more than BATCH_TXS transactions is prepared by worker processes,
-    PREPARE_AHEAD batches ahead, each batch split into two contiguous parts per worker (so
-    that the workers finish the last batch together); while a batch is not back, ``idle`` (if
-    given) is called for small pieces of other work, until it returns False. Without workers,
-    or should they fail, batches are prepared in this process (signatures on the shared
-    thread pool).
+    where malformed) and each transaction's signature results, as ``apply_block`` takes them:
+    the transactions one at a time, as they arrive (see ``_Arriving``). A chain of more than
+    BATCH_TXS transactions is prepared by worker processes, PREPARE_AHEAD batches ahead, each
+    batch split into two contiguous parts per worker (so that the workers finish the last
+    batch together); while a part is not back, ``idle`` (if given) is called for small pieces
+    of other work, until it returns False. Without workers, or should they fail, batches are
+    prepared in this process (signatures on the shared thread pool).
     """
 
     def __init__(
@@ -170,11 +243,8 @@ class _Preparation:
         self._idle = idle
         self._pool: ProcessPoolExecutor | None = None
         self._workers = 1
-        # Each batch waiting to be collected: its blocks, their transactions' bytes in order,
-        # and the workers' futures (none when the batch is prepared in this process).
-        self._pending: deque[tuple[list[StoredBlock], list[bytes], list[Future[WorkerResult]]]] = (
-            deque()
-        )
+        # Each batch waiting to be applied: its blocks and its transactions on their way.
+        self._pending: deque[tuple[list[StoredBlock], _Arriving]] = deque()
 
     def __enter__(self) -> _Preparation:
         return self
@@ -187,9 +257,14 @@ class _Preparation:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def __iter__(
-        self,
-    ) -> Iterator[tuple[StoredBlock, list[Transaction | None], list[tuple[bool, ...]]]]:
+    def _release(self) -> None:
+        """Let the workers go once the last part is back: they exit (and the pool's own
+        thread joins them) while the last transactions are applied, instead of after."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def __iter__(self) -> Iterator[PreparedBlock]:
         # A chain of at most BATCH_TXS transactions is done before workers would have started.
         # The stored transaction counts tell, before any block is read: they only decide
         # where the work is done (the blocks' own transactions are what is prepared).
@@ -207,17 +282,19 @@ class _Preparation:
             while len(self._pending) < PREPARE_AHEAD:
                 batch = next(batches, None)
                 if batch is None:
+                    if self._pending:
+                        self._pending[-1][1].finished = self._release
                     break
                 raws = [raw for block, _ in batch for raw in block.txs]
-                self._pending.append((batch, raws, self._submit(raws)))
+                arriving = _Arriving(raws, self._submit(raws), self._idle, self._stop)
+                self._pending.append((batch, arriving))
             if not self._pending:
                 return
-            batch, raws, parts = self._pending.popleft()
-            decoded, sig_ok = self._collect(raws, parts)
+            batch, arriving = self._pending.popleft()
             cursor = 0
             for stored in batch:
                 end = cursor + len(stored[0].txs)
-                yield stored, decoded[cursor:end], sig_ok[cursor:end]
+                yield stored, arriving.txs(cursor, end), arriving.sig_ok(cursor, end)
                 cursor = end
 
     def _submit(self, raws: list[bytes]) -> list[Future[WorkerResult]]:
@@ -228,27 +305,6 @@ class _Preparation:
         except POOL_FAILURES:
             self._stop()
             return []
-
-    def _collect(self, raws: list[bytes], parts: list[Future[WorkerResult]]) -> PreparedTxs:
-        if parts:
-            while self._idle is not None and not all(part.done() for part in parts):
-                if not self._idle():
-                    break  # nothing to do meanwhile, until the next batch
-            try:
-                results = [part.result() for part in parts]
-            except POOL_FAILURES:
-                self._stop()
-            else:
-                ids = [tx_id for part_ids, _ in results for tx_id in part_ids]
-                return (
-                    [
-                        None if tx_id is None else Transaction.accepted(raw, tx_id)
-                        for raw, tx_id in zip(raws, ids, strict=True)
-                    ],
-                    [ok for _, sig_ok in results for ok in sig_ok],
-                )
-        decoded = decode_all(raws)
-        return decoded, check_signatures(decoded)
 
 
 def replay_store(
@@ -286,13 +342,14 @@ def replay_store(
     with _Preparation(store, 1, stored_head[0] + 1, idle) as prepared:
         batch: list[Block] = []
         for (block, records), txs, sig_ok in prepared:
-            report.signatures += sum(len(ok) for ok in sig_ok) + 1
             try:
                 result = apply_block(
                     state, genesis, head, block, state.tables["org"].keys(), txs=txs, sig_ok=sig_ok
                 )
             except InvalidBlockError as exc:
                 raise VerifyFailure(str(exc)) from None
+            # Each transaction's signatures, and the block's own.
+            report.signatures += sum(len(tx.signatures) for tx in result.txs if tx) + 1
             if compare_results:
                 _compare_results(block, records, result.results)
             state.apply(result.delta, result.delta.tx_ids)
@@ -514,6 +571,8 @@ def _name_state_difference(
 # A blob's verdict: absent, present and matching its digest, or present and not matching.
 _ABSENT, _SOUND, _CORRUPT = 0, 1, 2
 BLOB_READERS = 4
+# Below this many distinct blobs, starting the reader threads costs more than they save.
+BLOB_THREADS_FROM = 64
 
 
 def _blob_verdicts(blobs: BlobStore, digests: list[str]) -> list[int]:
@@ -529,7 +588,7 @@ def _blob_verdicts(blobs: BlobStore, digests: list[str]) -> list[int]:
                 out.append(_SOUND if hashlib.sha256(data).hexdigest() == digest else _CORRUPT)
         return out
 
-    if len(digests) < 2 * BLOB_READERS:
+    if len(digests) < BLOB_THREADS_FROM:
         return verdicts(digests)
     size = -(-len(digests) // BLOB_READERS)
     chunks = [digests[i : i + size] for i in range(0, len(digests), size)]
@@ -552,7 +611,7 @@ def _check_blobs(
     records = state.tables["record"]
     versions = state.tables["record_version"]
     # Versions may share content; each distinct blob is read and hashed once.
-    digests = sorted({version["content_hash"] for version in versions.values()})
+    digests = sorted(set(map(_CONTENT_HASH, versions.values())))
     verdict = dict(zip(digests, _blob_verdicts(blobs, digests), strict=True))
 
     def outcome(version: dict[str, Any]) -> str:
@@ -568,7 +627,7 @@ def _check_blobs(
         return _BLOB_MISSING
 
     if all(found == _SOUND for found in verdict.values()) and not any(
-        record["erased"] for record in records.values()
+        map(_ERASED, records.values())
     ):
         report.blobs += len(versions)  # the common case: all content there and sound
         return
@@ -588,6 +647,8 @@ def _check_blobs(
     report.not_held += counts["not_held"]
 
 
+_CONTENT_HASH = operator.itemgetter("content_hash")
+_ERASED = operator.itemgetter("erased")
 _BLOB_NOT_ERASED = "the record was erased but its content remains"
 _BLOB_CORRUPT = "content does not match its on-chain hash"
 _BLOB_MISSING = "missing"
