@@ -469,12 +469,16 @@ def bench_commit(
 def bench_verify(
     data_dir: DataDirOpt,
     txs: Annotated[int, typer.Option(min=1, help="Transactions in the chain to verify.")] = 5000,
+    runs: Annotated[
+        int,
+        typer.Option(min=1, help="Verifications of the chain, each with its baseline; medians."),
+    ] = 3,
     as_json: JsonOpt = False,
 ) -> None:
     """Full-chain verify rate beside the raw Ed25519 verify rate."""
     from rekam.service.bench import bench_verify as run
 
-    _bench_out(run(data_dir, txs), as_json)
+    _bench_out(run(data_dir, txs, runs), as_json)
 
 
 @bench_app.command("write")
