@@ -109,7 +109,7 @@ class ChainStore(StateReader, Prefetching, Protocol):
         ...
 
     def state_cells(self, table: str) -> Iterator[tuple[str, tuple[Any, ...]]]:
-        """Every (key, cells) of a state table, ordered by key: its column values as stored."""
+        """Every (key, cells) of a state table, in no set order: its column values as stored."""
         ...
 
     def row_cells(self, table: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rekam.crypto import verify_signature
 from rekam.encoding import b64d
@@ -107,6 +107,7 @@ class VerifyFailure(Exception):
 
 
 StoredBlock = tuple[Block, list[TxRecord]]  # a block and the stored results of its txs
+_T = TypeVar("_T")
 
 
 def _batches(store: ChainStore, start: int, end: int) -> Iterator[list[StoredBlock]]:
@@ -178,17 +179,18 @@ class _Arriving:
 
     def txs(self, start: int, end: int) -> Iterator[Transaction | None]:
         """The decoded transactions from ``start`` to ``end``, as they arrive."""
-        for index in range(start, end):
-            if index >= len(self._txs):
-                self._take(index)
-            yield self._txs[index]
+        return self._handed(self._txs, start, end)
 
     def sig_ok(self, start: int, end: int) -> Iterator[tuple[bool, ...]]:
         """The signature results from ``start`` to ``end``, as they arrive."""
+        return self._handed(self._sig_ok, start, end)
+
+    def _handed(self, taken: list[_T], start: int, end: int) -> Iterator[_T]:
+        # ``taken`` is one of the lists _take extends in place.
         for index in range(start, end):
-            if index >= len(self._sig_ok):
+            if index >= len(taken):
                 self._take(index)
-            yield self._sig_ok[index]
+            yield taken[index]
 
     def _take(self, index: int) -> None:
         """Take parts until the one holding ``index`` is in."""
