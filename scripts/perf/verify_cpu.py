@@ -31,7 +31,7 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     with bench._network(Path(mkdtemp(prefix="rekam-perf-")), "verify-cpu") as (ws, doctor, patient):
-        bench._commit_all(ws, bench._signed_writes(ws, doctor, patient, n))
+        bench._commit_all(ws, bench._signed_writes(ws, doctor, patient, n, blobs=n))
         for _ in range(runs):
             children, cpu, wall = _children_cpu(), time.process_time(), time.perf_counter()
             report = verify_chain(ws.node.store, ws.genesis, ws.node.blobs)

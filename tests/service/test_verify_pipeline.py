@@ -264,7 +264,7 @@ def test_a_batch_is_handed_out_as_its_parts_arrive() -> None:
     first, second = raws[:5], raws[5:]
     later = _NotYet()
     arriving = verify._Arriving(
-        raws, [_finished(verify._prepare_txs(first)), later], None, lambda: None
+        raws, [_finished(verify._prepare_txs(first)), later], None, lambda: None, {}
     )
     expected = decode_all(raws)
     assert list(arriving.txs(0, 5)) == expected[:5]
@@ -285,6 +285,7 @@ def test_a_part_lost_with_its_worker_is_prepared_here() -> None:
         [_finished(verify._prepare_txs(raws[:3])), lost, never],
         None,
         lambda: failures.append(1),
+        {},
     )
     expected = decode_all(raws)
     assert list(arriving.txs(0, len(raws))) == expected
@@ -556,3 +557,27 @@ def test_blob_verdicts_alike_on_reader_threads_and_without(tmp_path: Path, count
         for d in digests
     ]
     assert verify._blob_verdicts(blobs, digests) == expected
+
+
+def test_workers_read_and_hash_the_blobs_record_writes_name(
+    chain: Path, pools: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verdicts reached during replay, each what reading the blob after replay gives."""
+    monkeypatch.setattr(verify, "BATCH_BLOCKS", 2)
+    monkeypatch.setattr(verify, "BATCH_TXS", 3)
+    datadir = DataDir(chain)
+    genesis = Genesis.from_bytes(datadir.genesis_path.read_bytes())
+    blobs = DirectoryBlobStore(datadir.blob_dir)
+    store = open_store(datadir.store_url())
+    try:
+        verdicts: dict[str, int] = {}
+        state, _ = verify.replay_store(
+            store, genesis, VerifyReport(), blobs=blobs, blob_verdicts=verdicts
+        )
+    finally:
+        store.close()
+    named = {row["content_hash"] for row in state.tables["record_version"].values()}
+    if sys.platform.startswith("linux"):  # forked workers
+        assert named <= verdicts.keys()
+    digests = sorted(verdicts)
+    assert [verdicts[d] for d in digests] == verify._blob_verdicts(blobs, digests)

@@ -25,6 +25,7 @@ from pathlib import Path
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _SHARD = re.compile(r"[0-9a-f]{2}")
 TEMP_PREFIX = ".tmp-"
+_READ_SIZE = 1 << 20
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
 
@@ -55,6 +56,7 @@ class DirectoryBlobStore:
         if not self.root.is_dir():
             self.root.mkdir(parents=True, mode=_DIR_MODE, exist_ok=True)
             _fsync_dir(self.root.parent)
+        self._prefix = f"{self.root}{os.sep}"
 
     def path_of(self, digest: str) -> Path:
         """Where the blob with this digest lives (whether or not it exists)."""
@@ -102,10 +104,23 @@ class DirectoryBlobStore:
 
     def get(self, digest: str) -> bytes | None:
         """The bytes stored under this digest, or None (not re-hashed; see verify)."""
+        _check_digest(digest)
+        # A path string and the os calls, not Path.read_bytes: a third of the time per blob,
+        # and `rekam verify` reads every blob of the chain.
         try:
-            return self.path_of(digest).read_bytes()
+            fd = os.open(
+                f"{self._prefix}{digest[:2]}{os.sep}{digest[2:4]}{os.sep}{digest}",
+                os.O_RDONLY | getattr(os, "O_CLOEXEC", 0),
+            )
         except FileNotFoundError:
             return None
+        try:
+            chunks = []
+            while chunk := os.read(fd, _READ_SIZE):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def verify(self, digest: str) -> bool:
         """True when the blob exists and its bytes still hash to its digest."""

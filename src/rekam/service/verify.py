@@ -10,10 +10,12 @@ ahead of the blocks being applied and in worker processes where possible (see
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import itertools
 import operator
+import pickle
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -137,17 +139,31 @@ def _batches(store: ChainStore, start: int, end: int) -> Iterator[list[StoredBlo
 
 
 # What a worker sends back for its part of a batch: each transaction's id (None where the
-# bytes are malformed) and its signature results. The verifier holds the bytes already and
-# rebuilds the decoded transactions from them (Transaction.accepted), so they do not travel
-# back through the pipe.
-WorkerResult = tuple[list[str | None], list[tuple[bool, ...]]]
+# bytes are malformed), its signature results, and the verdict on each blob its record
+# writes name. The verifier holds the bytes already and rebuilds the decoded transactions
+# from them (Transaction.accepted), so they do not travel back through the pipe.
+WorkerResult = tuple[list[str | None], list[tuple[bool, ...]], dict[str, int]]
 
 
-def _prepare_txs(raws: list[bytes]) -> WorkerResult:
-    """Decode envelopes and check their signatures on this thread: a worker process's task."""
+def _prepare_txs(raws: list[bytes], blobs: BlobStore | None = None) -> WorkerResult:
+    """Decode envelopes and check their signatures on this thread: a worker process's task.
+
+    With ``blobs``, also read and hash the content each record write names: on a real chain
+    every version has its own blob, and reading them all after replay, on one core, took
+    longer than the rest of the verification.
+    """
     decoded = decode_all(raws)
     ids = [None if tx is None else tx.tx_id for tx in decoded]
-    return ids, check_signatures(decoded, workers=1)
+    verdicts: dict[str, int] = {}
+    if blobs is not None:
+        named = {
+            tx.body["content_hash"]
+            for tx in decoded
+            if tx is not None and tx.type == "record.write"
+        }
+        digests = sorted(named)
+        verdicts = dict(zip(digests, _blob_verdicts(blobs, digests, readers=1), strict=True))
+    return ids, check_signatures(decoded, workers=1), verdicts
 
 
 class _Arriving:
@@ -165,8 +181,10 @@ class _Arriving:
         parts: list[Future[WorkerResult]],
         idle: Callable[[], bool] | None,
         failed: Callable[[], None],
+        blob_verdicts: dict[str, int],
     ) -> None:
         self._raws = raws
+        self._blob_verdicts = blob_verdicts
         self._parts = deque(parts)
         # Asked for small pieces of other work while a part is not back, until it says it
         # has none; then not again for this batch.
@@ -206,7 +224,7 @@ class _Arriving:
                 if not self._idle():
                     self._idle = None
             try:
-                ids, sig_ok = part.result()
+                ids, sig_ok, verdicts = part.result()
             except POOL_FAILURES:
                 self._failed()
                 self._parts.clear()
@@ -219,6 +237,15 @@ class _Arriving:
                 for raw, tx_id in zip(self._raws[at : at + len(ids)], ids, strict=True)
             ]
             self._sig_ok += sig_ok
+            self._blob_verdicts.update(verdicts)
+
+
+def _picklable(value: object) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:  # whatever pickling raises, the answer is no
+        return False
+    return True
 
 
 PreparedBlock = tuple[StoredBlock, Iterator[Transaction | None], Iterator[tuple[bool, ...]]]
@@ -238,11 +265,21 @@ class _Preparation:
     """
 
     def __init__(
-        self, store: ChainStore, start: int, end: int, idle: Callable[[], bool] | None
+        self,
+        store: ChainStore,
+        start: int,
+        end: int,
+        idle: Callable[[], bool] | None,
+        blobs: BlobStore | None = None,
+        blob_verdicts: dict[str, int] | None = None,
     ) -> None:
         self._store, self._start = store, start
         self._batches = _batches(store, start, end)
         self._idle = idle
+        # The workers are handed the blob store with each task: one that cannot be pickled
+        # leaves the blobs to the check after replay.
+        self._blobs = blobs if blobs is not None and _picklable(blobs) else None
+        self._blob_verdicts = {} if blob_verdicts is None else blob_verdicts
         self._pool: ProcessPoolExecutor | None = None
         self._workers = 1
         # Each batch waiting to be applied: its blocks and its transactions on their way.
@@ -288,7 +325,9 @@ class _Preparation:
                         self._pending[-1][1].finished = self._release
                     break
                 raws = [raw for block, _ in batch for raw in block.txs]
-                arriving = _Arriving(raws, self._submit(raws), self._idle, self._stop)
+                arriving = _Arriving(
+                    raws, self._submit(raws), self._idle, self._stop, self._blob_verdicts
+                )
                 self._pending.append((batch, arriving))
             if not self._pending:
                 return
@@ -303,7 +342,8 @@ class _Preparation:
         if self._pool is None:
             return []
         try:
-            return submit_parts(self._pool, _prepare_txs, raws, 2 * self._workers)
+            task = functools.partial(_prepare_txs, blobs=self._blobs)
+            return submit_parts(self._pool, task, raws, 2 * self._workers)
         except POOL_FAILURES:
             self._stop()
             return []
@@ -317,12 +357,16 @@ def replay_store(
     compare_results: bool = True,
     idle: Callable[[], bool] | None = None,
     applied: Callable[[MemoryState, Delta], None] | None = None,
+    blobs: BlobStore | None = None,
+    blob_verdicts: dict[str, int] | None = None,
 ) -> tuple[MemoryState, ChainHead]:
     """Recompute state from the stored blocks, checking each against what the store claims.
 
     ``idle`` is called for small pieces of other work while the blocks' transactions are
     still being decoded and checked elsewhere; it returns False when it has nothing left for
-    now. ``applied`` is told of every delta the state takes, genesis's first.
+    now. ``applied`` is told of every delta the state takes, genesis's first. With
+    ``blobs``, worker processes (where there are any) also read and hash the content each
+    record write names, putting their verdicts in ``blob_verdicts``.
     """
     stored_head = store.head()
     if stored_head is None:
@@ -341,7 +385,7 @@ def replay_store(
     head = ChainHead(0, g.hash, g.time)
     report.blocks = 1
     _check_index(store, [first])
-    with _Preparation(store, 1, stored_head[0] + 1, idle) as prepared:
+    with _Preparation(store, 1, stored_head[0] + 1, idle, blobs, blob_verdicts) as prepared:
         batch: list[Block] = []
         for (block, records), txs, sig_ok in prepared:
             try:
@@ -572,13 +616,19 @@ def _name_state_difference(
 
 # A blob's verdict: absent, present and matching its digest, or present and not matching.
 _ABSENT, _SOUND, _CORRUPT = 0, 1, 2
-BLOB_READERS = 4
+# Reader threads help while blobs come from disk (10,000 blobs not in the page cache: 1
+# thread 0.95 s, 2 threads 0.67, 4 threads 0.59) and cost while they are cached, each file
+# a few short calls that give up and take back the GIL (1 thread 0.10 s, 2 threads 0.17,
+# 4 threads 0.33). Two is the compromise.
+BLOB_READERS = 2
 # Below this many distinct blobs, starting the reader threads costs more than they save.
 BLOB_THREADS_FROM = 64
 
 
-def _blob_verdicts(blobs: BlobStore, digests: list[str]) -> list[int]:
-    """Read and hash each blob once, on a few threads (reading and hashing release the GIL)."""
+def _blob_verdicts(blobs: BlobStore, digests: list[str], readers: int | None = None) -> list[int]:
+    """Read and hash each blob once, on ``readers`` threads (BLOB_READERS unless given;
+    reading and hashing release the GIL)."""
+    readers = BLOB_READERS if readers is None else readers
 
     def verdicts(chunk: list[str]) -> list[int]:
         out: list[int] = []
@@ -590,11 +640,11 @@ def _blob_verdicts(blobs: BlobStore, digests: list[str]) -> list[int]:
                 out.append(_SOUND if hashlib.sha256(data).hexdigest() == digest else _CORRUPT)
         return out
 
-    if len(digests) < BLOB_THREADS_FROM:
+    if readers < 2 or len(digests) < BLOB_THREADS_FROM:
         return verdicts(digests)
-    size = -(-len(digests) // BLOB_READERS)
+    size = -(-len(digests) // readers)
     chunks = [digests[i : i + size] for i in range(0, len(digests), size)]
-    with ThreadPoolExecutor(BLOB_READERS, thread_name_prefix="rekam-verify-blobs") as pool:
+    with ThreadPoolExecutor(readers, thread_name_prefix="rekam-verify-blobs") as pool:
         return [v for part in pool.map(verdicts, chunks) for v in part]
 
 
@@ -603,18 +653,22 @@ def _check_blobs(
     state: MemoryState,
     report: VerifyReport,
     held: set[tuple[str, int]] | None = None,
+    known: dict[str, int] | None = None,
 ) -> None:
     """Every version's content present and sound (erased ones gone).
 
     With ``held`` (a network node, which receives content only for versions it holds a
     wrapped key for), content may be absent for the versions not in it; whatever is present
-    must still match its hash.
+    must still match its hash. ``known`` holds verdicts already reached (by the workers,
+    during replay); the other blobs are read here.
     """
     records = state.tables["record"]
     versions = state.tables["record_version"]
     # Versions may share content; each distinct blob is read and hashed once.
-    digests = sorted(set(map(_CONTENT_HASH, versions.values())))
-    verdict = dict(zip(digests, _blob_verdicts(blobs, digests), strict=True))
+    needed = set(map(_CONTENT_HASH, versions.values()))
+    verdict = {d: known[d] for d in needed & known.keys()} if known else {}
+    digests = sorted(needed - verdict.keys())
+    verdict.update(zip(digests, _blob_verdicts(blobs, digests), strict=True))
 
     def outcome(version: dict[str, Any]) -> str:
         found = verdict[version["content_hash"]]
@@ -732,6 +786,7 @@ def verify_chain(
     with _collections_paused():
         try:
             state_check = _StateCheck(store)
+            blob_verdicts: dict[str, int] = {}
             state, head = replay_store(
                 store,
                 genesis,
@@ -739,6 +794,8 @@ def verify_chain(
                 progress,
                 idle=state_check.step,
                 applied=state_check.applied,
+                blobs=blobs,
+                blob_verdicts=blob_verdicts,
             )
             report.height, report.head = head.height, head.hash
             state_check.finish(state, report)
@@ -747,7 +804,7 @@ def verify_chain(
             # counting.
             del state_check
             held = store.wrapped_versions() if held_content_only else None
-            _check_blobs(blobs, state, report, held)
+            _check_blobs(blobs, state, report, held, blob_verdicts)
             _check_checkpoints(store, report)
         except VerifyFailure as failure:
             report.problem = str(failure)
