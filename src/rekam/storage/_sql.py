@@ -431,6 +431,16 @@ class _Prepared:
         return tuple(merged[name] for name in self.positions)
 
 
+def _heights(
+    rows: Select[Any], height: ColumnElement[Any], *then: ColumnElement[Any]
+) -> Select[Any]:
+    """``rows`` whose ``height`` is from the bound ``low`` up to (excluding) ``high``, in order
+    of height (then of ``then``)."""
+    return rows.where(height >= bindparam("low"), height < bindparam("high")).order_by(
+        height, *then
+    )
+
+
 def _paged(
     place: ColumnElement[Any], rows: Select[Any], dialect: Dialect
 ) -> tuple[_Prepared, _Prepared]:
@@ -581,22 +591,25 @@ class SqlChainStore:
         # Blocks are read a range of heights at a time: headers, then their transactions
         # (bytes only, or whole records).
         self._range_headers = _Prepared(
-            select(blocks.c.height, blocks.c.header, blocks.c.signature)
-            .where(blocks.c.height >= bindparam("low"), blocks.c.height < bindparam("high"))
-            .order_by(blocks.c.height),
+            _heights(select(blocks.c.height, blocks.c.header, blocks.c.signature), blocks.c.height),
             dialect,
         )
         self._range_index = _Prepared(
-            select(blocks.c.height, blocks.c.hash, blocks.c.prev, blocks.c.time, blocks.c.tx_count)
-            .where(blocks.c.height >= bindparam("low"), blocks.c.height < bindparam("high"))
-            .order_by(blocks.c.height),
+            _heights(
+                select(
+                    blocks.c.height, blocks.c.hash, blocks.c.prev, blocks.c.time, blocks.c.tx_count
+                ),
+                blocks.c.height,
+            ),
             dialect,
         )
         self._range_txs = {
             records: _Prepared(
-                select(*(self._tx_columns() if records else (txs.c.height, txs.c.raw)))
-                .where(txs.c.height >= bindparam("low"), txs.c.height < bindparam("high"))
-                .order_by(txs.c.height, txs.c.idx),
+                _heights(
+                    select(*(self._tx_columns() if records else (txs.c.height, txs.c.raw))),
+                    txs.c.height,
+                    txs.c.idx,
+                ),
                 dialect,
             )
             for records in (False, True)
