@@ -1,45 +1,58 @@
-"""DirectoryBlobStore: content addressing, atomic durable writes, erasure, path safety."""
+"""SqliteBlobStore: content addressing, durable writes, erasure, formats, scans, migration."""
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
+import pickle
+import sqlite3
 import stat
-import time
+import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
+from tests.blob_rows import tamper_blob
 
-from rekam.blobs import TEMP_PREFIX, DirectoryBlobStore
+from rekam.blobs import FORMAT, BlobStoreFormatError, SqliteBlobStore
 
 
-def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+def _store(tmp_path: Path) -> SqliteBlobStore:
+    return SqliteBlobStore(tmp_path / "content.db")
 
 
 def test_put_get_round_trip(tmp_path: Path) -> None:
-    store = DirectoryBlobStore(tmp_path / "blobs")
+    store = _store(tmp_path)
     data = b"\x00ciphertext\xff" * 100
     digest = store.put(data)
     assert digest == hashlib.sha256(data).hexdigest()
     assert store.get(digest) == data
-    path = tmp_path / "blobs" / digest[:2] / digest[2:4] / digest
-    assert store.path_of(digest) == path
-    assert path.read_bytes() == data
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert _files(tmp_path / "blobs") == [f"{digest[:2]}/{digest[2:4]}/{digest}"]
+    assert stat.S_IMODE((tmp_path / "content.db").stat().st_mode) == 0o600
+    store.close()
+    assert SqliteBlobStore(tmp_path / "content.db").get(digest) == data  # durable
 
 
 def test_put_is_idempotent_and_empty_data_works(tmp_path: Path) -> None:
-    store = DirectoryBlobStore(tmp_path)
+    store = _store(tmp_path)
     assert store.put(b"same") == store.put(b"same")
     empty = store.put(b"")
     assert store.get(empty) == b""
-    assert len(_files(tmp_path)) == 2
+    assert sorted(store.iter_digests()) == sorted([empty, hashlib.sha256(b"same").hexdigest()])
+
+
+def test_put_repairs_damaged_content(tmp_path: Path) -> None:
+    """Storing content again replaces whatever damaged bytes are stored under its digest."""
+    store = _store(tmp_path)
+    digest = store.put(b"original")
+    tamper_blob(tmp_path / "content.db", digest, b"tampered")
+    assert not store.verify(digest)
+    assert store.put(b"original") == digest
+    assert store.get(digest) == b"original"
 
 
 def test_large_blob(tmp_path: Path) -> None:
-    store = DirectoryBlobStore(tmp_path)
+    store = _store(tmp_path)
     data = os.urandom(5 * 1024 * 1024 + 7)
     digest = store.put(data)
     assert store.get(digest) == data
@@ -47,43 +60,41 @@ def test_large_blob(tmp_path: Path) -> None:
 
 
 def test_missing_blob(tmp_path: Path) -> None:
-    store = DirectoryBlobStore(tmp_path)
+    store = _store(tmp_path)
     assert store.get("0" * 64) is None
     assert not store.verify("0" * 64)
     assert store.delete("0" * 64) is False
 
 
-def test_delete_erases(tmp_path: Path) -> None:
-    store = DirectoryBlobStore(tmp_path)
+def test_get_many_in_the_order_given(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    digests = [store.put(f"blob {i}".encode()) for i in range(1203)]  # several batches
+    absent = hashlib.sha256(b"never stored").hexdigest()
+    asked = [*reversed(digests), absent, digests[0]]
+    expected = [*(f"blob {i}".encode() for i in reversed(range(1203))), None, b"blob 0"]
+    assert store.get_many(asked) == expected
+    assert store.get_many([]) == []
+
+
+def test_delete_erases_the_bytes_from_the_files(tmp_path: Path) -> None:
+    """Erasure leaves the deleted bytes neither in the database file nor in its log."""
+    store = _store(tmp_path)
     keep = store.put(b"keep")
-    gone = store.put(b"erase me")
+    marker = b"ERASE-ME-" + os.urandom(16).hex().encode()
+    gone = store.put(marker * 50)
     assert store.delete(gone) is True
     assert store.get(gone) is None
-    assert not store.path_of(gone).exists()
     assert store.delete(gone) is False
     assert list(store.iter_digests()) == [keep]
-
-
-def test_iter_digests_lists_only_blobs(tmp_path: Path) -> None:
-    store = DirectoryBlobStore(tmp_path)
-    digests = sorted(store.put(f"blob {i}".encode()) for i in range(20))
-    some = digests[0]
-    shard = tmp_path / some[:2] / some[2:4]
-    (shard / f"{TEMP_PREFIX}leftover").write_bytes(b"partial")
-    (shard / "README").write_text("not a blob")
-    misplaced = "f" * 64
-    (shard / misplaced).write_bytes(b"wrong folder")
-    (tmp_path / "zz").mkdir()
-    (tmp_path / ".lock").write_text("")
-    assert list(store.iter_digests()) == digests
-    assert list(DirectoryBlobStore(tmp_path / "new").iter_digests()) == []
+    for path in tmp_path.iterdir():
+        assert marker not in path.read_bytes(), path.name
 
 
 def test_verify_detects_tampering(tmp_path: Path) -> None:
-    store = DirectoryBlobStore(tmp_path)
+    store = _store(tmp_path)
     digest = store.put(b"original")
     assert store.verify(digest)
-    store.path_of(digest).write_bytes(b"tampered")
+    tamper_blob(tmp_path / "content.db", digest, b"tampered")
     assert store.get(digest) == b"tampered"  # get does not check ...
     assert not store.verify(digest)  # ... verify does
 
@@ -92,83 +103,127 @@ def test_verify_detects_tampering(tmp_path: Path) -> None:
     "digest",
     [
         "../" * 20 + "etc/passwd",
-        "/etc/passwd",
         "A" * 64,
         "a" * 63,
         "a" * 65,
         "a" * 64 + "\n",
-        "a" * 62 + "/.",
-        "..",
+        "a" * 62 + " a",
         "",
         "g" * 64,
     ],
 )
 def test_digests_that_are_not_sha256_hex_are_refused(tmp_path: Path, digest: str) -> None:
-    store = DirectoryBlobStore(tmp_path)
-    for call in (store.get, store.delete, store.verify, store.path_of):
+    store = _store(tmp_path)
+    for call in (store.get, store.delete, store.verify):
         with pytest.raises(ValueError):
             call(digest)
+    with pytest.raises(ValueError):
+        store.get_many(["0" * 64, digest])
     with pytest.raises(ValueError):
         store.get(None)  # type: ignore[arg-type]
 
 
-def test_a_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = DirectoryBlobStore(tmp_path)
+def test_a_failed_write_stores_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write whose commit fails leaves no row, and a retry works."""
+    store = _store(tmp_path)
     ok = store.put(b"before")
-    real_fsync = os.fsync
-
-    def failing_fsync(fd: int) -> None:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(5, "simulated I/O error")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(OSError, match="simulated"):
-        store.put(b"never stored")
-    monkeypatch.undo()
+    with closing(sqlite3.connect(tmp_path / "content.db", timeout=0)) as other:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+        monkeypatch.setattr("rekam.blobs._sqlite._BUSY_SECONDS", 0.0)
+        locked = SqliteBlobStore(tmp_path / "content.db")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            locked.put(b"never stored")
+        other.execute("ROLLBACK")
     digest = hashlib.sha256(b"never stored").hexdigest()
     assert store.get(digest) is None
-    leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith(TEMP_PREFIX)]
-    assert leftovers == []
     assert list(store.iter_digests()) == [ok]
-    assert store.put(b"never stored") == digest  # and a retry works
+    assert store.put(b"never stored") == digest
 
 
-def test_a_failed_rename_leaves_no_temp_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = DirectoryBlobStore(tmp_path)
-
-    def failing_replace(src: object, dst: object) -> None:
-        raise OSError(28, "simulated full disk")
-
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="full disk"):
-        store.put(b"data")
-    assert _files(tmp_path) == []
-
-
-def test_clean_temp_removes_only_old_leftovers(tmp_path: Path) -> None:
-    store = DirectoryBlobStore(tmp_path)
-    digest = store.put(b"blob")
-    shard = store.path_of(digest).parent
-    old = shard / f"{TEMP_PREFIX}old"
-    fresh = shard / f"{TEMP_PREFIX}fresh"
-    old.write_bytes(b"crashed write")
-    fresh.write_bytes(b"write in progress")
-    past = time.time() - 7200
-    os.utime(old, (past, past))
-    assert store.clean_temp(older_than=3600) == 1
-    assert not old.exists()
-    assert fresh.exists()
-    assert store.get(digest) == b"blob"
-    assert store.clean_temp(older_than=0) == 1
-    assert _files(tmp_path) == [str(store.path_of(digest).relative_to(tmp_path))]
+def test_a_newer_format_or_another_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "content.db"
+    SqliteBlobStore(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (FORMAT,)
+        db.execute(f"PRAGMA user_version = {FORMAT + 1}")
+    with pytest.raises(BlobStoreFormatError, match=f"format {FORMAT + 1}"):
+        SqliteBlobStore(path)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(BlobStoreFormatError, match="not a Rekam content file"):
+        SqliteBlobStore(junk)
 
 
-def test_root_is_created(tmp_path: Path) -> None:
-    root = tmp_path / "a" / "b" / "blobs"
-    store = DirectoryBlobStore(root)
-    assert root.is_dir()
-    digest = store.put(b"x")
-    assert DirectoryBlobStore(root).get(digest) == b"x"
+def test_partitioned_scan_reads_every_blob_once(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    stored = {store.put(f"blob {i}".encode()): f"blob {i}".encode() for i in range(1234)}
+    for gone in list(stored)[::7]:
+        store.delete(gone)
+        del stored[gone]
+    for parts in (1, 2, 4, 5000):
+        ranges = store.partition(parts)
+        assert 1 <= len(ranges) <= parts
+        scanned = [pair for part in ranges for pair in store.scan(part)]
+        assert len(scanned) == len(stored)
+        assert dict(scanned) == stored
+    empty = _store(tmp_path / "empty")
+    assert [list(empty.scan(part)) for part in empty.partition(4)] == [[]]
+
+
+def test_the_last_part_takes_blobs_stored_after_partitioning(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    first = store.put(b"first")
+    parts = store.partition(2)
+    later = store.put(b"later")
+    assert {d for part in parts for d, _ in store.scan(part)} == {first, later}
+
+
+def _read_in_child(store: SqliteBlobStore, digest: str, out: multiprocessing.Queue[bytes]) -> None:
+    out.put(store.get(digest) or b"")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is Linux-only here")
+def test_a_forked_process_and_a_pickled_copy_open_their_own_connection(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    digest = store.put(b"shared")
+    context = multiprocessing.get_context("fork")
+    out: multiprocessing.Queue[bytes] = context.Queue()
+    child = context.Process(target=_read_in_child, args=(store, digest, out))
+    child.start()
+    assert out.get(timeout=30) == b"shared"
+    child.join(30)
+    assert child.exitcode == 0
+    assert store.get(digest) == b"shared"  # the parent's connection is untouched
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy is pickle.loads(pickle.dumps(store))  # one store per path in a process
+    assert copy.get(digest) == b"shared"
+
+
+def _legacy_folder(root: Path, blobs: dict[str, bytes]) -> Path:
+    folder = root / "blobs"
+    for digest, data in blobs.items():
+        shard = folder / digest[:2] / digest[2:4]
+        shard.mkdir(parents=True, exist_ok=True)
+        (shard / digest).write_bytes(data)
+    return folder
+
+
+def test_import_of_a_blob_directory(tmp_path: Path) -> None:
+    """Every blob moves over as it is (damaged ones stay damaged); the folder goes."""
+    good = {hashlib.sha256(b"a").hexdigest(): b"a", hashlib.sha256(b"b").hexdigest(): b"b"}
+    damaged = hashlib.sha256(b"c").hexdigest()
+    folder = _legacy_folder(tmp_path, {**good, damaged: b"not c"})
+    shard = folder / damaged[:2] / damaged[2:4]
+    (shard / ".tmp-0123").write_bytes(b"an interrupted write")
+    (shard / ("f" * 64)).write_bytes(b"in the wrong folder")
+    store = _store(tmp_path)
+    assert store.import_directory(folder) == 3
+    assert not folder.exists()
+    assert sorted(store.iter_digests()) == sorted([*good, damaged])
+    assert all(store.get(d) == data for d, data in good.items())
+    assert store.get(damaged) == b"not c"
+    assert not store.verify(damaged)
+    # An interrupted import (the folder still there) is simply done again.
+    again = _legacy_folder(tmp_path, good)
+    assert store.import_directory(again) == 2
+    assert sorted(store.iter_digests()) == sorted([*good, damaged])

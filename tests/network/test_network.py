@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rekam.blobs import SqliteBlobStore
 from rekam.crypto import load_identity
 from rekam.ledger.block import Block, Checkpoint
 from rekam.ledger.tx import Transaction, make_tx
@@ -391,9 +392,10 @@ def test_demo_across_three_nodes_and_content_only_where_it_may_be_opened(
     assert any("dispensed at apotek-sentosa" in line for line in result.story)
     # The pharmacy was never given the diagnosis: its node holds no copy of it.
     nodes = tmp_path / "demo" / "nodes"
-    melati = {p.name for p in (nodes / "klinik-melati" / "blobs").rglob("*") if p.is_file()}
-    sentosa = {p.name for p in (nodes / "apotek-sentosa" / "blobs").rglob("*") if p.is_file()}
-    kenanga = {p.name for p in (nodes / "klinik-kenanga" / "blobs").rglob("*") if p.is_file()}
+    melati, kenanga, sentosa = (
+        set(SqliteBlobStore(nodes / org / "content.db").iter_digests())
+        for org in ("klinik-melati", "klinik-kenanga", "apotek-sentosa")
+    )
     assert kenanga and kenanga < melati
     assert len(sentosa & melati) == 1  # only the shared prescription came over
     # Every node verifies: content it was never sent is counted, not reported missing...

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from rekam.blobs import DirectoryBlobStore
+from rekam.blobs import SqliteBlobStore
 from rekam.encoding import canonical, parse
 from rekam.ledger.block import Genesis
 from rekam.ledger.state import TABLE_BY_NAME
@@ -39,6 +39,7 @@ from rekam.service.proofs import make_checkpoint
 from rekam.service.verify import VerifyReport, rebuild_state, verify_chain
 from rekam.service.workspace import Workspace
 from rekam.storage import open_store
+from tests.blob_rows import tamper_blob
 
 # Record writes added to the demo in one submission, so that one block holds several.
 EXTRA_WRITES = 4
@@ -160,10 +161,12 @@ def _verify(folder: Path) -> VerifyReport:
     datadir = DataDir(folder)
     genesis = Genesis.from_bytes(datadir.genesis_path.read_bytes())
     store = open_store(datadir.store_url())
+    blobs = SqliteBlobStore(datadir.content_path)
     try:
-        return verify_chain(store, genesis, DirectoryBlobStore(datadir.blob_dir))
+        return verify_chain(store, genesis, blobs)
     finally:
         store.close()
+        blobs.close()
 
 
 def _rekam(*args: str) -> subprocess.CompletedProcess[str]:
@@ -396,40 +399,39 @@ def test_rebuild_restores_state(node: Path, demo: Demo, edit: str) -> None:
 # -- blobs ------------------------------------------------------------------------------------
 
 
-def _version(node: Path, demo: Demo) -> tuple[str, Path]:
-    """The key of the diagnosis' first version and the path of its blob."""
+def _version(node: Path, demo: Demo) -> tuple[str, str, bytes]:
+    """The key of the diagnosis' first version, its content hash and its stored content."""
     key = f"{demo.creds['records']['condition']}@1"
     digest = str(
         _sql(node, "SELECT content_hash FROM state_record_version WHERE key = ?", (key,))[0][0]
     )
-    path = DirectoryBlobStore(node / "blobs").path_of(digest)
-    assert path.is_file()
-    return key, path
+    data = SqliteBlobStore(node / "content.db").get(digest)
+    assert data is not None
+    return key, digest, data
 
 
 @pytest.mark.parametrize("content", ["random", "other-blob", "flipped"])
 def test_overwritten_blob(node: Path, demo: Demo, content: str) -> None:
-    key, path = _version(node, demo)
-    original = path.read_bytes()
+    key, digest, original = _version(node, demo)
     if content == "random":
         data = os.urandom(len(original))
     elif content == "flipped":
         data = _flip(original, len(original) - 1)
     else:
         # Valid ciphertext of another record version, under this version's name.
-        other = next(p for p in (node / "blobs").rglob("*") if p.is_file() and p != path)
-        data = other.read_bytes()
-    assert hashlib.sha256(data).hexdigest() != path.name
-    path.chmod(0o600)
-    path.write_bytes(data)
+        blobs = SqliteBlobStore(node / "content.db")
+        other = next(d for d in blobs.iter_digests() if d != digest)
+        data = blobs.get(other) or b""
+    assert hashlib.sha256(data).hexdigest() != digest
+    tamper_blob(node / "content.db", digest, data)
     assert_fails(
         node, f"blob of {key}: content does not match its on-chain hash", cli=content == "random"
     )
 
 
 def test_deleted_blob(node: Path, demo: Demo) -> None:
-    key, path = _version(node, demo)
-    path.unlink()
+    key, digest, _ = _version(node, demo)
+    tamper_blob(node / "content.db", digest, None)
     assert_fails(node, f"blob of {key}: missing", cli=True)
 
 

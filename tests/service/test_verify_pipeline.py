@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from rekam.blobs import DirectoryBlobStore
+from rekam.blobs import SqliteBlobStore
 from rekam.crypto import Ed25519Signer
 from rekam.encoding import b64e, canonical, parse
 from rekam.ledger.block import Block, Genesis, cut_block
@@ -37,6 +37,7 @@ from rekam.service.ports import BlockIndex
 from rekam.service.verify import VerifyReport, verify_chain
 from rekam.service.workspace import Workspace
 from rekam.storage import open_store
+from tests.blob_rows import tamper_blob
 
 NETWORK = "ab" * 32
 
@@ -264,7 +265,7 @@ def test_a_batch_is_handed_out_as_its_parts_arrive() -> None:
     first, second = raws[:5], raws[5:]
     later = _NotYet()
     arriving = verify._Arriving(
-        raws, [_finished(verify._prepare_txs(first)), later], None, lambda: None, {}
+        raws, [_finished(verify._prepare_txs(first)), later], None, lambda: None
     )
     expected = decode_all(raws)
     assert list(arriving.txs(0, 5)) == expected[:5]
@@ -285,7 +286,6 @@ def test_a_part_lost_with_its_worker_is_prepared_here() -> None:
         [_finished(verify._prepare_txs(raws[:3])), lost, never],
         None,
         lambda: failures.append(1),
-        {},
     )
     expected = decode_all(raws)
     assert list(arriving.txs(0, len(raws))) == expected
@@ -463,10 +463,12 @@ def _verify(folder: Path) -> VerifyReport:
     datadir = DataDir(folder)
     genesis = Genesis.from_bytes(datadir.genesis_path.read_bytes())
     store = open_store(datadir.store_url())
+    blobs = SqliteBlobStore(datadir.content_path)
     try:
-        return verify_chain(store, genesis, DirectoryBlobStore(datadir.blob_dir))
+        return verify_chain(store, genesis, blobs)
     finally:
         store.close()
+        blobs.close()
 
 
 def _summary(report: VerifyReport) -> dict[str, Any]:
@@ -526,10 +528,10 @@ def test_workers_name_the_same_problem(
         _sql(node, "UPDATE state_record SET version = 9 WHERE key = ?", (key,))
     elif tamper == "blob":
         digest = _sql(node, "SELECT content_hash FROM state_record_version LIMIT 1")[0][0]
-        DirectoryBlobStore(node / "blobs").path_of(digest).unlink()
+        tamper_blob(node / "content.db", digest, None)
     elif tamper == "blob-bytes":
         digest = _sql(node, "SELECT content_hash FROM state_record_version LIMIT 1")[0][0]
-        DirectoryBlobStore(node / "blobs").path_of(digest).write_bytes(b"changed")
+        tamper_blob(node / "content.db", digest, b"changed")
     elif tamper == "digest":  # not a digest at all: named as a state difference
         key = _sql(node, "SELECT key FROM state_record_version LIMIT 1")[0][0]
         _sql(node, "UPDATE state_record_version SET content_hash = '../x' WHERE key = ?", (key,))
@@ -543,14 +545,12 @@ def test_workers_name_the_same_problem(
 # --- blobs --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("count", [5, verify.BLOB_THREADS_FROM + 6])
-def test_blob_verdicts_alike_on_reader_threads_and_without(tmp_path: Path, count: int) -> None:
-    """Present and sound, present and corrupt, or absent: in input order, however read."""
-    blobs = DirectoryBlobStore(tmp_path)
-    digests = [blobs.put(f"content {n}".encode()) for n in range(count)]
+def test_blob_verdicts_in_the_order_given(tmp_path: Path) -> None:
+    """Present and sound, present and corrupt, or absent: in input order."""
+    blobs = SqliteBlobStore(tmp_path / "content.db")
+    digests = [blobs.put(f"content {n}".encode()) for n in range(7)]
     corrupt, absent = digests[1], digests[-1]
-    blobs.path_of(corrupt).chmod(0o600)
-    blobs.path_of(corrupt).write_bytes(b"tampered")
+    tamper_blob(tmp_path / "content.db", corrupt, b"tampered")
     blobs.delete(absent)
     expected = [
         verify._CORRUPT if d == corrupt else verify._ABSENT if d == absent else verify._SOUND
@@ -559,25 +559,30 @@ def test_blob_verdicts_alike_on_reader_threads_and_without(tmp_path: Path, count
     assert verify._blob_verdicts(blobs, digests) == expected
 
 
-def test_workers_read_and_hash_the_blobs_record_writes_name(
-    chain: Path, pools: list[int], monkeypatch: pytest.MonkeyPatch
+def test_workers_hash_every_stored_blob_during_replay(
+    chain: Path, tmp_path: Path, pools: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Verdicts reached during replay, each what reading the blob after replay gives."""
+    """A verdict on every stored blob, each what reading the blob after replay gives."""
     monkeypatch.setattr(verify, "BATCH_BLOCKS", 2)
     monkeypatch.setattr(verify, "BATCH_TXS", 3)
-    datadir = DataDir(chain)
+    shutil.copytree(chain, tmp_path / "node")
+    datadir = DataDir(tmp_path / "node")
     genesis = Genesis.from_bytes(datadir.genesis_path.read_bytes())
-    blobs = DirectoryBlobStore(datadir.blob_dir)
+    blobs = SqliteBlobStore(datadir.content_path)
+    corrupt = next(blobs.iter_digests())
+    tamper_blob(datadir.content_path, corrupt, b"tampered")
     store = open_store(datadir.store_url())
+    scan = verify._BlobScan(blobs)
     try:
-        verdicts: dict[str, int] = {}
-        state, _ = verify.replay_store(
-            store, genesis, VerifyReport(), blobs=blobs, blob_verdicts=verdicts
-        )
+        verify.replay_store(store, genesis, VerifyReport(), blob_scan=scan)
+        verdicts = scan.verdicts()
     finally:
         store.close()
-    named = {row["content_hash"] for row in state.tables["record_version"].values()}
-    if sys.platform.startswith("linux"):  # forked workers
-        assert named <= verdicts.keys()
-    digests = sorted(verdicts)
-    assert [verdicts[d] for d in digests] == verify._blob_verdicts(blobs, digests)
+    if not sys.platform.startswith("linux"):  # no forked workers: read after replay
+        assert verdicts is None
+        return
+    assert verdicts is not None
+    stored = sorted(blobs.iter_digests())
+    assert sorted(verdicts) == stored
+    assert verdicts[corrupt] == verify._CORRUPT
+    assert [verdicts[d] for d in stored] == verify._blob_verdicts(blobs, stored)

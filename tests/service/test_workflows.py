@@ -45,31 +45,36 @@ class Net:
     rng: random.Random
 
 
+def _populate(ws: Workspace) -> Net:
+    """Members of each organisation and a registered patient on a new workspace."""
+    admin_id = ws.admin.enrol_member(ws.actor("klinik-a"), "admin", "pw-admin").id
+    admin = ws.actor(admin_id, "pw-admin")
+
+    def member(org: str, role: str) -> Actor:
+        mid = ws.admin.enrol_member(ws.actor(org), role, f"pw-{role}-{org}").id
+        return ws.actor(mid, f"pw-{role}-{org}")
+
+    rng = random.Random(5)
+    demographics = synthetic.patient_resource(rng, "x")
+    registered, _ = ws.admin.register_patient(
+        ws.actor("klinik-a"), "pw-patient", demographics=demographics, writer=admin
+    )
+    return Net(
+        ws,
+        member("klinik-a", "doctor"),
+        member("klinik-b", "doctor"),
+        member("apotek-c", "pharmacist"),
+        ws.actor(registered.id, "pw-patient"),
+        demographics,
+        rng,
+    )
+
+
 @pytest.fixture
 def net(store_url: str, tmp_path: Path) -> Iterator[Net]:
     ws = Workspace.create(tmp_path / "node", "test-net", ORGS, kdf="fast", store_url=store_url)
     try:
-        admin_id = ws.admin.enrol_member(ws.actor("klinik-a"), "admin", "pw-admin").id
-        admin = ws.actor(admin_id, "pw-admin")
-
-        def member(org: str, role: str) -> Actor:
-            mid = ws.admin.enrol_member(ws.actor(org), role, f"pw-{role}-{org}").id
-            return ws.actor(mid, f"pw-{role}-{org}")
-
-        rng = random.Random(5)
-        demographics = synthetic.patient_resource(rng, "x")
-        registered, _ = ws.admin.register_patient(
-            ws.actor("klinik-a"), "pw-patient", demographics=demographics, writer=admin
-        )
-        yield Net(
-            ws,
-            member("klinik-a", "doctor"),
-            member("klinik-b", "doctor"),
-            member("apotek-c", "pharmacist"),
-            ws.actor(registered.id, "pw-patient"),
-            demographics,
-            rng,
-        )
+        yield _populate(ws)
     finally:
         ws.close()
 
@@ -320,3 +325,47 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(SchemaVersionError, match="99"):
         Workspace.open(folder)
+
+
+def test_content_of_a_first_format_folder_is_moved_in(tmp_path: Path) -> None:
+    """A folder whose content is a file per blob under blobs/ (the first format) opens with
+    its content moved into content.db: records read as before and the chain verifies."""
+    folder = tmp_path / "node"
+    ws = Workspace.create(folder, "test-net", ORGS, kdf="fast")
+    try:
+        net = _populate(ws)
+        condition = _condition(net)
+        written = ws.records.write(net.doctor_a, condition, patient=net.patient.id)
+        digests = list(ws.node.blobs.iter_digests())
+        legacy = {d: ws.node.blobs.get(d) for d in digests}
+    finally:
+        ws.close()
+    for name in ("content.db", "content.db-wal", "content.db-shm"):
+        (folder / name).unlink(missing_ok=True)
+    for digest, data in legacy.items():
+        shard = folder / "blobs" / digest[:2] / digest[2:4]
+        shard.mkdir(parents=True, exist_ok=True)
+        (shard / digest).write_bytes(data or b"")
+    with Workspace.open(folder) as ws:
+        assert not (folder / "blobs").exists()
+        assert sorted(ws.node.blobs.iter_digests()) == sorted(digests)
+        doctor = ws.actor(net.doctor_a.id, "pw-doctor-klinik-a")
+        assert ws.records.read(doctor, written.record, purpose="treatment").resource == condition
+        report = verify_chain(ws.node.store, ws.genesis, ws.node.blobs)
+        assert report.ok, report.problem
+        assert report.blobs == len(digests)
+
+
+def test_newer_content_format_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    from rekam.service.datadir import DataDirError
+
+    folder = tmp_path / "node"
+    Workspace.create(folder, "test-net", ORGS[:1], kdf="fast").close()
+    db = sqlite3.connect(folder / "content.db")
+    db.execute("PRAGMA user_version = 7")
+    db.close()
+    with pytest.raises(DataDirError, match="format 7"):
+        Workspace.open(folder)
+    assert (folder / "content.db").is_file()  # refused, not touched

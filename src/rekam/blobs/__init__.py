@@ -1,5 +1,5 @@
-"""Blob adapter: encrypted record content, content-addressed by SHA-256, in a directory."""
+"""Blob adapter: encrypted record content, content-addressed by SHA-256, in one SQLite file."""
 
-from rekam.blobs._directory import TEMP_PREFIX, DirectoryBlobStore
+from rekam.blobs._sqlite import FORMAT, BlobStoreFormatError, SqliteBlobStore
 
-__all__ = ["TEMP_PREFIX", "DirectoryBlobStore"]
+__all__ = ["FORMAT", "BlobStoreFormatError", "SqliteBlobStore"]

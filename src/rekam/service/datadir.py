@@ -5,7 +5,8 @@ Layout::
     DIR/rekam.json        node configuration (network id, store URL, local organisations)
     DIR/genesis.json      the network's genesis document (canonical JSON)
     DIR/chain.db          SQLite chain and state (embedded default)
-    DIR/blobs/            encrypted record content, content-addressed
+    DIR/content.db        encrypted record content, content-addressed (SQLite; folders of
+                          the first format kept it in DIR/blobs/, moved here on opening)
     DIR/keys/             encrypted keystores (Argon2id + AES-256-GCM), one per principal
     DIR/secrets/          passphrase files of the node's own organisation keys (mode 0600)
     DIR/directory.json    display labels of organisations and members (never patients)
@@ -77,8 +78,13 @@ class DataDir:
         return self.root / "genesis.json"
 
     @property
-    def blob_dir(self) -> Path:
-        """Where encrypted content lives."""
+    def content_path(self) -> Path:
+        """The SQLite file holding encrypted record content."""
+        return self.root / "content.db"
+
+    @property
+    def legacy_blob_dir(self) -> Path:
+        """Where data folders of the first format kept content, a file per blob."""
         return self.root / "blobs"
 
     def exists(self) -> bool:

@@ -175,6 +175,20 @@ class PeerBlobStore:
             data = self.local.get(digest)
         return data
 
+    def get_many(self, digests: Sequence[str]) -> list[bytes | None]:
+        """The bytes with each digest, as ``get`` gives them, in the order given."""
+        found = self.local.get_many(digests)
+        pairs = zip(digests, found, strict=True)
+        return [self.get(digest) if data is None else data for digest, data in pairs]
+
+    def partition(self, parts: int) -> list[tuple[int, int]]:
+        """Parts of the local store, for ``scan``."""
+        return self.local.partition(parts)
+
+    def scan(self, part: tuple[int, int]) -> Iterator[tuple[str, bytes]]:
+        """Every locally stored blob in one part."""
+        return self.local.scan(part)
+
     def refresh(self, digest: str) -> bool:
         """Ask the peers again for this content's keys wrapped since it was fetched."""
         return self._fetch(digest)
@@ -186,6 +200,10 @@ class PeerBlobStore:
     def iter_digests(self) -> Iterator[str]:
         """Every locally stored digest."""
         return self.local.iter_digests()
+
+    def close(self) -> None:
+        """Close the local store."""
+        self.local.close()
 
 
 class NetworkNode:

@@ -174,12 +174,29 @@ class BlobStore(Protocol):
         """The bytes with this digest, or None."""
         ...
 
+    def get_many(self, digests: Sequence[str]) -> list[bytes | None]:
+        """The bytes with each digest, in the order given (None where absent)."""
+        ...
+
+    def partition(self, parts: int) -> list[tuple[int, int]]:
+        """Up to ``parts`` disjoint parts of the store that together hold every blob stored
+        now, for ``scan``: ``rekam verify`` reads every blob, a part per worker process."""
+        ...
+
+    def scan(self, part: tuple[int, int]) -> Iterator[tuple[str, bytes]]:
+        """Every blob in one part ``partition`` gave, as (digest, bytes)."""
+        ...
+
     def delete(self, digest: str) -> bool:
         """Remove content (erasure); True when something was deleted."""
         ...
 
     def iter_digests(self) -> Iterator[str]:
         """Every stored digest."""
+        ...
+
+    def close(self) -> None:
+        """Release what the store holds open (it may be used again afterwards)."""
         ...
 
 

@@ -10,7 +10,6 @@ ahead of the blocks being applied and in worker processes where possible (see
 
 from __future__ import annotations
 
-import functools
 import gc
 import hashlib
 import itertools
@@ -19,7 +18,7 @@ import pickle
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -139,31 +138,62 @@ def _batches(store: ChainStore, start: int, end: int) -> Iterator[list[StoredBlo
 
 
 # What a worker sends back for its part of a batch: each transaction's id (None where the
-# bytes are malformed), its signature results, and the verdict on each blob its record
-# writes name. The verifier holds the bytes already and rebuilds the decoded transactions
-# from them (Transaction.accepted), so they do not travel back through the pipe.
-WorkerResult = tuple[list[str | None], list[tuple[bool, ...]], dict[str, int]]
+# bytes are malformed) and its signature results. The verifier holds the bytes already and
+# rebuilds the decoded transactions from them (Transaction.accepted), so they do not travel
+# back through the pipe.
+WorkerResult = tuple[list[str | None], list[tuple[bool, ...]]]
 
 
-def _prepare_txs(raws: list[bytes], blobs: BlobStore | None = None) -> WorkerResult:
-    """Decode envelopes and check their signatures on this thread: a worker process's task.
-
-    With ``blobs``, also read and hash the content each record write names: on a real chain
-    every version has its own blob, and reading them all after replay, on one core, took
-    longer than the rest of the verification.
-    """
+def _prepare_txs(raws: list[bytes]) -> WorkerResult:
+    """Decode envelopes and check their signatures on this thread: a worker process's task."""
     decoded = decode_all(raws)
     ids = [None if tx is None else tx.tx_id for tx in decoded]
-    verdicts: dict[str, int] = {}
-    if blobs is not None:
-        named = {
-            tx.body["content_hash"]
-            for tx in decoded
-            if tx is not None and tx.type == "record.write"
-        }
-        digests = sorted(named)
-        verdicts = dict(zip(digests, _blob_verdicts(blobs, digests, readers=1), strict=True))
-    return ids, check_signatures(decoded, workers=1), verdicts
+    return ids, check_signatures(decoded, workers=1)
+
+
+def _scan_blobs(blobs: BlobStore, part: tuple[int, int]) -> dict[str, int]:
+    """Hash every blob in one part of the store: a worker process's task."""
+    sha256 = hashlib.sha256
+    return {
+        digest: _SOUND if sha256(data).hexdigest() == digest else _CORRUPT
+        for digest, data in blobs.scan(part)
+    }
+
+
+class _BlobScan:
+    """Every stored blob read and hashed by the worker processes, each a part of the store.
+
+    The parts are handed out after the chain's last batch of transactions, so the workers
+    hash while the verifier applies that batch, when they would otherwise have nothing to
+    do. A store that cannot be pickled (a network node's, which fetches from its peers) is
+    not scanned: its blobs are read after replay, as are all blobs where there are no
+    workers.
+    """
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self._blobs = blobs
+        self._parts: list[Future[dict[str, int]]] = []
+
+    def submit(self, pool: ProcessPoolExecutor, parts: int) -> None:
+        """Hand the parts of the store to the workers."""
+        if not _picklable(self._blobs):
+            return
+        try:
+            self._parts = [
+                pool.submit(_scan_blobs, self._blobs, part) for part in self._blobs.partition(parts)
+            ]
+        except POOL_FAILURES:
+            self._parts = []
+
+    def verdicts(self) -> dict[str, int] | None:
+        """A verdict on every stored blob, or None when the workers did not scan them all."""
+        verdicts: dict[str, int] = {}
+        try:
+            for part in self._parts:
+                verdicts.update(part.result())
+        except Exception:  # whatever went wrong there, the blobs are read here instead
+            return None
+        return verdicts if self._parts else None
 
 
 class _Arriving:
@@ -181,10 +211,8 @@ class _Arriving:
         parts: list[Future[WorkerResult]],
         idle: Callable[[], bool] | None,
         failed: Callable[[], None],
-        blob_verdicts: dict[str, int],
     ) -> None:
         self._raws = raws
-        self._blob_verdicts = blob_verdicts
         self._parts = deque(parts)
         # Asked for small pieces of other work while a part is not back, until it says it
         # has none; then not again for this batch.
@@ -224,7 +252,7 @@ class _Arriving:
                 if not self._idle():
                     self._idle = None
             try:
-                ids, sig_ok, verdicts = part.result()
+                ids, sig_ok = part.result()
             except POOL_FAILURES:
                 self._failed()
                 self._parts.clear()
@@ -237,7 +265,6 @@ class _Arriving:
                 for raw, tx_id in zip(self._raws[at : at + len(ids)], ids, strict=True)
             ]
             self._sig_ok += sig_ok
-            self._blob_verdicts.update(verdicts)
 
 
 def _picklable(value: object) -> bool:
@@ -270,16 +297,12 @@ class _Preparation:
         start: int,
         end: int,
         idle: Callable[[], bool] | None,
-        blobs: BlobStore | None = None,
-        blob_verdicts: dict[str, int] | None = None,
+        blob_scan: _BlobScan | None = None,
     ) -> None:
         self._store, self._start = store, start
         self._batches = _batches(store, start, end)
         self._idle = idle
-        # The workers are handed the blob store with each task: one that cannot be pickled
-        # leaves the blobs to the check after replay.
-        self._blobs = blobs if blobs is not None and _picklable(blobs) else None
-        self._blob_verdicts = {} if blob_verdicts is None else blob_verdicts
+        self._blob_scan = blob_scan
         self._pool: ProcessPoolExecutor | None = None
         self._workers = 1
         # Each batch waiting to be applied: its blocks and its transactions on their way.
@@ -323,11 +346,12 @@ class _Preparation:
                 if batch is None:
                     if self._pending:
                         self._pending[-1][1].finished = self._release
+                    if self._pool is not None and self._blob_scan is not None:
+                        self._blob_scan.submit(self._pool, 2 * self._workers)
+                        self._blob_scan = None
                     break
                 raws = [raw for block, _ in batch for raw in block.txs]
-                arriving = _Arriving(
-                    raws, self._submit(raws), self._idle, self._stop, self._blob_verdicts
-                )
+                arriving = _Arriving(raws, self._submit(raws), self._idle, self._stop)
                 self._pending.append((batch, arriving))
             if not self._pending:
                 return
@@ -342,8 +366,7 @@ class _Preparation:
         if self._pool is None:
             return []
         try:
-            task = functools.partial(_prepare_txs, blobs=self._blobs)
-            return submit_parts(self._pool, task, raws, 2 * self._workers)
+            return submit_parts(self._pool, _prepare_txs, raws, 2 * self._workers)
         except POOL_FAILURES:
             self._stop()
             return []
@@ -357,16 +380,14 @@ def replay_store(
     compare_results: bool = True,
     idle: Callable[[], bool] | None = None,
     applied: Callable[[MemoryState, Delta], None] | None = None,
-    blobs: BlobStore | None = None,
-    blob_verdicts: dict[str, int] | None = None,
+    blob_scan: _BlobScan | None = None,
 ) -> tuple[MemoryState, ChainHead]:
     """Recompute state from the stored blocks, checking each against what the store claims.
 
     ``idle`` is called for small pieces of other work while the blocks' transactions are
     still being decoded and checked elsewhere; it returns False when it has nothing left for
     now. ``applied`` is told of every delta the state takes, genesis's first. With
-    ``blobs``, worker processes (where there are any) also read and hash the content each
-    record write names, putting their verdicts in ``blob_verdicts``.
+    ``blob_scan``, worker processes (where there are any) also read and hash every blob.
     """
     stored_head = store.head()
     if stored_head is None:
@@ -385,7 +406,7 @@ def replay_store(
     head = ChainHead(0, g.hash, g.time)
     report.blocks = 1
     _check_index(store, [first])
-    with _Preparation(store, 1, stored_head[0] + 1, idle, blobs, blob_verdicts) as prepared:
+    with _Preparation(store, 1, stored_head[0] + 1, idle, blob_scan) as prepared:
         batch: list[Block] = []
         for (block, records), txs, sig_ok in prepared:
             try:
@@ -616,36 +637,18 @@ def _name_state_difference(
 
 # A blob's verdict: absent, present and matching its digest, or present and not matching.
 _ABSENT, _SOUND, _CORRUPT = 0, 1, 2
-# Reader threads help while blobs come from disk (10,000 blobs not in the page cache: 1
-# thread 0.95 s, 2 threads 0.67, 4 threads 0.59) and cost while they are cached, each file
-# a few short calls that give up and take back the GIL (1 thread 0.10 s, 2 threads 0.17,
-# 4 threads 0.33). Two is the compromise.
-BLOB_READERS = 2
-# Below this many distinct blobs, starting the reader threads costs more than they save.
-BLOB_THREADS_FROM = 64
 
 
-def _blob_verdicts(blobs: BlobStore, digests: list[str], readers: int | None = None) -> list[int]:
-    """Read and hash each blob once, on ``readers`` threads (BLOB_READERS unless given;
-    reading and hashing release the GIL)."""
-    readers = BLOB_READERS if readers is None else readers
-
-    def verdicts(chunk: list[str]) -> list[int]:
-        out: list[int] = []
-        for digest in chunk:
-            data = blobs.get(digest)
-            if data is None:
-                out.append(_ABSENT)
-            else:
-                out.append(_SOUND if hashlib.sha256(data).hexdigest() == digest else _CORRUPT)
-        return out
-
-    if readers < 2 or len(digests) < BLOB_THREADS_FROM:
-        return verdicts(digests)
-    size = -(-len(digests) // readers)
-    chunks = [digests[i : i + size] for i in range(0, len(digests), size)]
-    with ThreadPoolExecutor(readers, thread_name_prefix="rekam-verify-blobs") as pool:
-        return [v for part in pool.map(verdicts, chunks) for v in part]
+def _blob_verdicts(blobs: BlobStore, digests: list[str]) -> list[int]:
+    """Read and hash each blob once."""
+    return [
+        _ABSENT
+        if data is None
+        else _SOUND
+        if hashlib.sha256(data).hexdigest() == digest
+        else _CORRUPT
+        for digest, data in zip(digests, blobs.get_many(digests), strict=True)
+    ]
 
 
 def _check_blobs(
@@ -653,22 +656,24 @@ def _check_blobs(
     state: MemoryState,
     report: VerifyReport,
     held: set[tuple[str, int]] | None = None,
-    known: dict[str, int] | None = None,
+    scanned: dict[str, int] | None = None,
 ) -> None:
     """Every version's content present and sound (erased ones gone).
 
     With ``held`` (a network node, which receives content only for versions it holds a
     wrapped key for), content may be absent for the versions not in it; whatever is present
-    must still match its hash. ``known`` holds verdicts already reached (by the workers,
-    during replay); the other blobs are read here.
+    must still match its hash. ``scanned`` holds a verdict on every stored blob (the workers
+    read them all during replay); without it, the blobs are read here.
     """
     records = state.tables["record"]
     versions = state.tables["record_version"]
     # Versions may share content; each distinct blob is read and hashed once.
     needed = set(map(_CONTENT_HASH, versions.values()))
-    verdict = {d: known[d] for d in needed & known.keys()} if known else {}
-    digests = sorted(needed - verdict.keys())
-    verdict.update(zip(digests, _blob_verdicts(blobs, digests), strict=True))
+    if scanned is not None:
+        verdict = {d: scanned.get(d, _ABSENT) for d in needed}
+    else:
+        digests = sorted(needed)
+        verdict = dict(zip(digests, _blob_verdicts(blobs, digests), strict=True))
 
     def outcome(version: dict[str, Any]) -> str:
         found = verdict[version["content_hash"]]
@@ -786,7 +791,7 @@ def verify_chain(
     with _collections_paused():
         try:
             state_check = _StateCheck(store)
-            blob_verdicts: dict[str, int] = {}
+            blob_scan = _BlobScan(blobs)
             state, head = replay_store(
                 store,
                 genesis,
@@ -794,8 +799,7 @@ def verify_chain(
                 progress,
                 idle=state_check.step,
                 applied=state_check.applied,
-                blobs=blobs,
-                blob_verdicts=blob_verdicts,
+                blob_scan=blob_scan,
             )
             report.height, report.head = head.height, head.hash
             state_check.finish(state, report)
@@ -804,7 +808,7 @@ def verify_chain(
             # counting.
             del state_check
             held = store.wrapped_versions() if held_content_only else None
-            _check_blobs(blobs, state, report, held, blob_verdicts)
+            _check_blobs(blobs, state, report, held, blob_scan.verdicts())
             _check_checkpoints(store, report)
         except VerifyFailure as failure:
             report.problem = str(failure)

@@ -8,13 +8,14 @@ use-case services. It is the only place that picks concrete adapters.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rekam.blobs import DirectoryBlobStore
+from rekam.blobs import BlobStoreFormatError, SqliteBlobStore
 from rekam.crypto import Identity, Signer, load_identity
 from rekam.encoding import b64e
 from rekam.ledger.block import Genesis, genesis_block
@@ -31,6 +32,8 @@ from rekam.service.patient_index import PatientIndex
 from rekam.service.ports import Orderer
 from rekam.service.records import RecordService
 from rekam.storage import open_store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,27 @@ class OrgSpec:
             )
         if self.kind not in ORG_KINDS:
             raise DataDirError(f"organisation kind must be one of {', '.join(ORG_KINDS)}")
+
+
+def open_blob_store(datadir: DataDir) -> SqliteBlobStore:
+    """The folder's content store, with the content of a first-format folder moved into it.
+
+    Folders of the first format kept each blob in its own file under ``blobs/``; the blobs
+    move into ``content.db`` the first time the folder is opened (an interrupted move is
+    finished the next time). A content file of a newer format is refused.
+    """
+    try:
+        blobs = SqliteBlobStore(datadir.content_path)
+    except BlobStoreFormatError as exc:
+        raise DataDirError(str(exc)) from None
+    if datadir.legacy_blob_dir.is_dir():
+        try:
+            moved = blobs.import_directory(datadir.legacy_blob_dir)
+        except BaseException:
+            blobs.close()
+            raise
+        log.info("moved %d blobs from the blobs folder into content.db", moved)
+    return blobs
 
 
 class _RefusingOrderer:
@@ -188,7 +212,7 @@ class Workspace:
             node = Node(
                 genesis,
                 store,
-                DirectoryBlobStore(datadir.blob_dir),
+                open_blob_store(datadir),
                 sig_processes=int(config.get("sig_processes", 0)),
             )
             orgs = {org: load_identity(uri, root) for org, uri in config["orgs"].items()}
@@ -215,10 +239,11 @@ class Workspace:
         return workspace
 
     def close(self) -> None:
-        """Flush the orderer, close the store and release the folder lock."""
+        """Flush the orderer, close the stores and release the folder lock."""
         try:
             self.node.close()
         finally:
+            self.node.blobs.close()
             self.patient_index.close()
             self._lock.__exit__(None, None, None)
 
