@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from rekam.crypto import DecryptionError
 from rekam.encoding import b64e
 from rekam.records import synthetic
+from rekam.service.datadir import DataDirError
 from rekam.service.errors import (
     AccessDenied,
     ContentUnavailable,
@@ -22,6 +25,7 @@ from rekam.service.errors import (
     NotFoundError,
     RejectedError,
 )
+from rekam.service.ports import SchemaVersionError
 from rekam.service.proofs import ReceiptError, build_receipt, make_checkpoint, verify_receipt
 from rekam.service.verify import verify_chain
 from rekam.service.workspace import Actor, OrgSpec, Workspace
@@ -312,19 +316,30 @@ def test_whole_chain_verifies(net: Net) -> None:
     assert report.counts["member"] == 4
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    import sqlite3
-
-    from rekam.service.ports import SchemaVersionError
-
+@pytest.mark.parametrize(
+    ("file", "statement", "error", "match"),
+    [
+        (
+            "chain.db",
+            "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+            SchemaVersionError,
+            "99",
+        ),
+        ("content.db", "PRAGMA user_version = 99", DataDirError, "format 99"),
+    ],
+)
+def test_newer_format_is_refused(
+    tmp_path: Path, file: str, statement: str, error: type[Exception], match: str
+) -> None:
+    """A chain store or content file written by a newer Rekam is refused, not touched."""
     folder = tmp_path / "node"
     Workspace.create(folder, "test-net", ORGS[:1], kdf="fast").close()
-    db = sqlite3.connect(folder / "chain.db")
-    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    db.commit()
-    db.close()
-    with pytest.raises(SchemaVersionError, match="99"):
+    with closing(sqlite3.connect(folder / file)) as db, db:
+        db.execute(statement)
+    before = (folder / file).read_bytes()
+    with pytest.raises(error, match=match):
         Workspace.open(folder)
+    assert (folder / file).read_bytes() == before
 
 
 def test_content_of_a_first_format_folder_is_moved_in(tmp_path: Path) -> None:
@@ -354,18 +369,3 @@ def test_content_of_a_first_format_folder_is_moved_in(tmp_path: Path) -> None:
         report = verify_chain(ws.node.store, ws.genesis, ws.node.blobs)
         assert report.ok, report.problem
         assert report.blobs == len(digests)
-
-
-def test_newer_content_format_is_refused(tmp_path: Path) -> None:
-    import sqlite3
-
-    from rekam.service.datadir import DataDirError
-
-    folder = tmp_path / "node"
-    Workspace.create(folder, "test-net", ORGS[:1], kdf="fast").close()
-    db = sqlite3.connect(folder / "content.db")
-    db.execute("PRAGMA user_version = 7")
-    db.close()
-    with pytest.raises(DataDirError, match="format 7"):
-        Workspace.open(folder)
-    assert (folder / "content.db").is_file()  # refused, not touched

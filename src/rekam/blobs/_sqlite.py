@@ -30,6 +30,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from rekam._files import fsync_dir
+
 #: The format of the blob table, kept in SQLite's ``user_version``.
 FORMAT = 1
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -53,14 +55,6 @@ def _key(digest: str) -> bytes:
     if not isinstance(digest, str) or _DIGEST.fullmatch(digest) is None:
         raise ValueError("a blob digest is exactly 64 lowercase hex digits")
     return bytes.fromhex(digest)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SqliteBlobStore:
@@ -117,7 +111,7 @@ class SqliteBlobStore:
             raise
         if created:
             os.chmod(self.path, 0o600)
-            _fsync_dir(self.path.parent)  # the new file's name is durable too
+            fsync_dir(self.path.parent)  # the new file's name is durable too
         return db
 
     def _check_format(self, db: sqlite3.Connection) -> None:
@@ -266,7 +260,7 @@ class SqliteBlobStore:
                 db.execute("ROLLBACK")
                 raise
         shutil.rmtree(folder)
-        _fsync_dir(folder.parent)
+        fsync_dir(folder.parent)
         return len(files)
 
     def close(self) -> None:

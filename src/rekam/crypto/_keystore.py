@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from rekam._files import fsync_dir
 from rekam.crypto._errors import DecryptionError, KeyFormatError
 from rekam.encoding import CanonicalError, b64d, b64e, canonical, parse
 
@@ -115,15 +116,6 @@ def _aad(kdf: Mapping[str, Any], label: str) -> bytes:
     return canonical({"format": FORMAT, "kdf": dict(kdf), "aead": _AEAD_NAME, "label": label})
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Without this the rename itself may not survive a power cut.
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, data: bytes, *, exclusive: bool) -> None:
     """Write ``data`` to ``path`` all-or-nothing, mode 0600; ``exclusive`` refuses to replace."""
     directory = path.parent
@@ -146,7 +138,7 @@ def _atomic_write(path: Path, data: bytes, *, exclusive: bool) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _check_passphrase(passphrase: str) -> None:

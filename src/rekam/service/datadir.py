@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from rekam._files import fsync_dir
 from rekam.crypto import KdfParams, new_identity_keystore
 from rekam.ledger.tx import id_kind
 
@@ -54,11 +55,7 @@ def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
 
 
 @dataclass
