@@ -162,7 +162,7 @@ class SqliteBlobStore:
                 .execute("SELECT data FROM blob WHERE digest = ?", (key,))
                 .fetchone()
             )
-        return None if row is None else bytes(row[0])
+        return None if row is None else row[0]
 
     def get_many(self, digests: Sequence[str]) -> list[bytes | None]:
         """The bytes stored under each digest, in the order given (None where absent)."""

@@ -153,11 +153,7 @@ def _prepare_txs(raws: list[bytes]) -> WorkerResult:
 
 def _scan_blobs(blobs: BlobStore, part: tuple[int, int]) -> dict[str, int]:
     """Hash every blob in one part of the store: a worker process's task."""
-    sha256 = hashlib.sha256
-    return {
-        digest: _SOUND if sha256(data).hexdigest() == digest else _CORRUPT
-        for digest, data in blobs.scan(part)
-    }
+    return {digest: _verdict(digest, data) for digest, data in blobs.scan(part)}
 
 
 class _BlobScan:
@@ -639,16 +635,16 @@ def _name_state_difference(
 _ABSENT, _SOUND, _CORRUPT = 0, 1, 2
 
 
+def _verdict(digest: str, data: bytes | None) -> int:
+    """The verdict on the bytes stored under ``digest`` (None: nothing stored)."""
+    if data is None:
+        return _ABSENT
+    return _SOUND if hashlib.sha256(data).hexdigest() == digest else _CORRUPT
+
+
 def _blob_verdicts(blobs: BlobStore, digests: list[str]) -> list[int]:
     """Read and hash each blob once."""
-    return [
-        _ABSENT
-        if data is None
-        else _SOUND
-        if hashlib.sha256(data).hexdigest() == digest
-        else _CORRUPT
-        for digest, data in zip(digests, blobs.get_many(digests), strict=True)
-    ]
+    return list(map(_verdict, digests, blobs.get_many(digests)))
 
 
 def _check_blobs(
