@@ -152,8 +152,8 @@ def pools(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     real = verify.fork_pool
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
 
-    def two_workers(limit: int) -> tuple[ProcessPoolExecutor, int] | None:
-        pool = real(limit)
+    def two_workers(limit: int, fresh: bool = False) -> tuple[ProcessPoolExecutor, int] | None:
+        pool = real(limit, fresh=fresh)
         if pool is not None:
             started.append(pool[1])
         return pool
@@ -240,7 +240,7 @@ class _BrokenAtResult(_BrokenAtSubmit):
 def test_failing_workers_leave_the_work_to_this_process(
     small_batches: None, monkeypatch: pytest.MonkeyPatch, pool: type[_BrokenAtSubmit]
 ) -> None:
-    monkeypatch.setattr(verify, "fork_pool", lambda limit: (pool(), 2))
+    monkeypatch.setattr(verify, "fork_pool", lambda limit, fresh=False: (pool(), 2))
     blocks = _blocks()
     assert _prepared(blocks) == _expected(blocks)
 
@@ -459,13 +459,13 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _verify(folder: Path) -> VerifyReport:
+def _verify(folder: Path, fresh: bool = False) -> VerifyReport:
     datadir = DataDir(folder)
     genesis = Genesis.from_bytes(datadir.genesis_path.read_bytes())
     store = open_store(datadir.store_url())
     blobs = SqliteBlobStore(datadir.content_path)
     try:
-        return verify_chain(store, genesis, blobs)
+        return verify_chain(store, genesis, blobs, fresh_workers=fresh)
     finally:
         store.close()
         blobs.close()
@@ -479,16 +479,18 @@ def _summary(report: VerifyReport) -> dict[str, Any]:
 
 def _without_workers(folder: Path, monkeypatch: pytest.MonkeyPatch) -> VerifyReport:
     with monkeypatch.context() as patch:
-        patch.setattr(verify, "fork_pool", lambda limit: None)
+        patch.setattr(verify, "fork_pool", lambda limit, fresh=False: None)
         return _verify(folder)
 
 
-def _with_workers(folder: Path, monkeypatch: pytest.MonkeyPatch, pools: list[int]) -> VerifyReport:
+def _with_workers(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, pools: list[int], fresh: bool = False
+) -> VerifyReport:
     with monkeypatch.context() as patch:
         patch.setattr(verify, "BATCH_BLOCKS", 2)
         patch.setattr(verify, "BATCH_TXS", 3)
         started = len(pools)
-        report = _verify(folder)
+        report = _verify(folder, fresh)
     if sys.platform.startswith("linux"):
         assert len(pools) == started + 1
     return report
@@ -501,6 +503,8 @@ def test_workers_give_the_same_report(
     assert alone.ok, alone.problem
     assert alone.invalid_txs >= 1
     assert _summary(_with_workers(chain, monkeypatch, pools)) == _summary(alone)
+    # Workers forked from a fresh server, as the portal starts them.
+    assert _summary(_with_workers(chain, monkeypatch, pools, fresh=True)) == _summary(alone)
     assert _summary(_verify(chain)) == _summary(alone)  # the defaults
 
 

@@ -294,11 +294,13 @@ class _Preparation:
         end: int,
         idle: Callable[[], bool] | None,
         blob_scan: _BlobScan | None = None,
+        fresh_workers: bool = False,
     ) -> None:
         self._store, self._start = store, start
         self._batches = _batches(store, start, end)
         self._idle = idle
         self._blob_scan = blob_scan
+        self._fresh_workers = fresh_workers
         self._pool: ProcessPoolExecutor | None = None
         self._workers = 1
         # Each batch waiting to be applied: its blocks and its transactions on their way.
@@ -331,7 +333,7 @@ class _Preparation:
         for index in self._store.block_index(self._start, self._start + BATCH_TXS + 1):
             txs += index.tx_count
             if txs > BATCH_TXS:
-                started = fork_pool(MAX_WORKERS)
+                started = fork_pool(MAX_WORKERS, fresh=self._fresh_workers)
                 if started is not None:
                     self._pool, self._workers = started
                 break
@@ -377,6 +379,7 @@ def replay_store(
     idle: Callable[[], bool] | None = None,
     applied: Callable[[MemoryState, Delta], None] | None = None,
     blob_scan: _BlobScan | None = None,
+    fresh_workers: bool = False,
 ) -> tuple[MemoryState, ChainHead]:
     """Recompute state from the stored blocks, checking each against what the store claims.
 
@@ -384,6 +387,7 @@ def replay_store(
     still being decoded and checked elsewhere; it returns False when it has nothing left for
     now. ``applied`` is told of every delta the state takes, genesis's first. With
     ``blob_scan``, worker processes (where there are any) also read and hash every blob.
+    ``fresh_workers`` starts them from a fresh server process (see ``fork_pool``).
     """
     stored_head = store.head()
     if stored_head is None:
@@ -402,7 +406,7 @@ def replay_store(
     head = ChainHead(0, g.hash, g.time)
     report.blocks = 1
     _check_index(store, [first])
-    with _Preparation(store, 1, stored_head[0] + 1, idle, blob_scan) as prepared:
+    with _Preparation(store, 1, stored_head[0] + 1, idle, blob_scan, fresh_workers) as prepared:
         batch: list[Block] = []
         for (block, records), txs, sig_ok in prepared:
             try:
@@ -780,11 +784,13 @@ def verify_chain(
     progress: Callable[[int], None] | None = None,
     *,
     held_content_only: bool = False,
+    fresh_workers: bool = False,
 ) -> VerifyReport:
     """Check everything derivable from the blocks; the report names the first problem.
 
     ``held_content_only`` is for a node of a network: content is expected only for the
     versions it holds a wrapped key for (others' content never travels to it).
+    ``fresh_workers`` is for a server process: see ``fork_pool``.
     """
     started = time.perf_counter()
     report = VerifyReport(network=genesis.network_id)
@@ -800,6 +806,7 @@ def verify_chain(
                 idle=state_check.step,
                 applied=state_check.applied,
                 blob_scan=blob_scan,
+                fresh_workers=fresh_workers,
             )
             report.height, report.head = head.height, head.hash
             state_check.finish(state, report)
@@ -816,12 +823,19 @@ def verify_chain(
     return report
 
 
-def verify_workspace(ws: Workspace, progress: Callable[[int], None] | None = None) -> VerifyReport:
+def verify_workspace(
+    ws: Workspace,
+    progress: Callable[[int], None] | None = None,
+    *,
+    in_server: bool = False,
+) -> VerifyReport:
     """Verify a node's whole chain and record the outcome in its data folder.
 
     The one entry point for ``rekam verify`` and the portal: a network node is checked for
     the content it holds keys for only, and every run's outcome (time, verdict, summary;
-    never content) is kept for the status pages.
+    never content) is kept for the status pages. ``in_server`` is for a process serving
+    requests on other threads meanwhile (the portal): its worker processes start afresh
+    instead of as copies of it (see ``fork_pool``).
     """
     report = verify_chain(
         ws.node.store,
@@ -829,6 +843,7 @@ def verify_workspace(ws: Workspace, progress: Callable[[int], None] | None = Non
         ws.node.blobs,
         progress,
         held_content_only=ws.datadir.in_network,
+        fresh_workers=in_server,
     )
     ws.datadir.record_verification(
         {"time": ws.node.clock(), "ok": report.ok, "summary": report.summary()}

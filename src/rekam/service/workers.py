@@ -56,16 +56,21 @@ def worker_count(limit: int) -> int:
     return workers
 
 
-def fork_pool(limit: int) -> tuple[ProcessPoolExecutor, int] | None:
+def fork_pool(limit: int, *, fresh: bool = False) -> tuple[ProcessPoolExecutor, int] | None:
     """Forked worker processes and their number, or None where they would not help.
 
-    Forking copies the parent as it is, so it is used where the parent holds no locks a
-    worker could need: ``rekam verify`` forks before it starts any thread of its own.
+    Forking copies the parent as it is, locks included, so it is for a parent whose other
+    threads sit idle: ``rekam verify``'s node threads wait on their queues while it runs.
+    ``fresh`` forks the workers from a server process started afresh instead
+    (``forkserver``), for a server whose other threads may be inside a C library at any
+    moment: a worker copied then would find that library's lock held for ever (SQLite's
+    memory lock, for one, which the workers need to read the content store). The server
+    takes a few hundred milliseconds to start, once per process.
     """
     workers = worker_count(limit)
     if not workers:
         return None
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver" if fresh else "fork")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start)
     # The processes start with the first task: an empty one starts them now, before the
     # caller reads what it will hand them.
