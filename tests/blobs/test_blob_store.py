@@ -28,7 +28,8 @@ def test_put_get_round_trip(tmp_path: Path) -> None:
     digest = store.put(data)
     assert digest == hashlib.sha256(data).hexdigest()
     assert store.get(digest) == data
-    assert stat.S_IMODE((tmp_path / "content.db").stat().st_mode) == 0o600
+    for name in ("content.db", "content.db-wal", "content.db-shm"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
     store.close()
     assert SqliteBlobStore(tmp_path / "content.db").get(digest) == data  # durable
 

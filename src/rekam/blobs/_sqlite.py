@@ -20,6 +20,7 @@ log's copy of the page goes too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -88,9 +89,13 @@ class SqliteBlobStore:
         return self._db
 
     def _open(self) -> sqlite3.Connection:
-        created = not self.path.exists()
-        if created:
+        if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Created here, empty (an empty file is an empty database), so that it and the
+            # log files SQLite makes beside it (with its mode) are private from the start.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                fsync_dir(self.path.parent)
         # Autocommit: every statement is its own transaction unless one is begun explicitly.
         db = sqlite3.connect(
             self.path, timeout=_BUSY_SECONDS, isolation_level=None, check_same_thread=False
@@ -101,6 +106,9 @@ class SqliteBlobStore:
             db.execute("PRAGMA secure_delete=ON")
             db.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
             self._check_format(db)
+        except sqlite3.OperationalError:  # locked, unreadable, out of space: said as it is
+            db.close()
+            raise
         except sqlite3.DatabaseError as exc:
             db.close()
             raise BlobStoreFormatError(
@@ -109,9 +117,6 @@ class SqliteBlobStore:
         except BaseException:
             db.close()
             raise
-        if created:
-            os.chmod(self.path, 0o600)
-            fsync_dir(self.path.parent)  # the new file's name is durable too
         return db
 
     def _check_format(self, db: sqlite3.Connection) -> None:
