@@ -17,3 +17,13 @@ def tamper_blob(content_db: Path, digest: str, data: bytes | None) -> None:
                 "UPDATE blob SET data = ? WHERE digest = ?", (data, bytes.fromhex(digest))
             )
         assert cursor.rowcount == 1, "no such blob"
+
+
+def write_first_format(root: Path, blobs: dict[str, bytes]) -> Path:
+    """Lay blobs out as the first format kept them, ``root/blobs/ab/cd/<digest>``."""
+    folder = root / "blobs"
+    for digest, data in blobs.items():
+        shard = folder / digest[:2] / digest[2:4]
+        shard.mkdir(parents=True, exist_ok=True)
+        (shard / digest).write_bytes(data)
+    return folder

@@ -13,7 +13,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from tests.blob_rows import tamper_blob
+from tests.blob_rows import tamper_blob, write_first_format
 
 from rekam.blobs import FORMAT, BlobStoreFormatError, SqliteBlobStore
 
@@ -200,20 +200,11 @@ def test_a_forked_process_and_a_pickled_copy_open_their_own_connection(tmp_path:
     assert copy.get(digest) == b"shared"
 
 
-def _legacy_folder(root: Path, blobs: dict[str, bytes]) -> Path:
-    folder = root / "blobs"
-    for digest, data in blobs.items():
-        shard = folder / digest[:2] / digest[2:4]
-        shard.mkdir(parents=True, exist_ok=True)
-        (shard / digest).write_bytes(data)
-    return folder
-
-
 def test_import_of_a_blob_directory(tmp_path: Path) -> None:
     """Every blob moves over as it is (damaged ones stay damaged); the folder goes."""
     good = {hashlib.sha256(b"a").hexdigest(): b"a", hashlib.sha256(b"b").hexdigest(): b"b"}
     damaged = hashlib.sha256(b"c").hexdigest()
-    folder = _legacy_folder(tmp_path, {**good, damaged: b"not c"})
+    folder = write_first_format(tmp_path, {**good, damaged: b"not c"})
     shard = folder / damaged[:2] / damaged[2:4]
     (shard / ".tmp-0123").write_bytes(b"an interrupted write")
     (shard / ("f" * 64)).write_bytes(b"in the wrong folder")
@@ -225,6 +216,6 @@ def test_import_of_a_blob_directory(tmp_path: Path) -> None:
     assert store.get(damaged) == b"not c"
     assert not store.verify(damaged)
     # An interrupted import (the folder still there) is simply done again.
-    again = _legacy_folder(tmp_path, good)
+    again = write_first_format(tmp_path, good)
     assert store.import_directory(again) == 2
     assert sorted(store.iter_digests()) == sorted([*good, damaged])

@@ -29,6 +29,7 @@ from rekam.service.ports import SchemaVersionError
 from rekam.service.proofs import ReceiptError, build_receipt, make_checkpoint, verify_receipt
 from rekam.service.verify import verify_chain
 from rekam.service.workspace import Actor, OrgSpec, Workspace
+from tests.blob_rows import write_first_format
 
 ORGS = (
     OrgSpec("klinik-a", "clinic", "Klinik A"),
@@ -357,10 +358,7 @@ def test_content_of_a_first_format_folder_is_moved_in(tmp_path: Path) -> None:
         ws.close()
     for name in ("content.db", "content.db-wal", "content.db-shm"):
         (folder / name).unlink(missing_ok=True)
-    for digest, data in legacy.items():
-        shard = folder / "blobs" / digest[:2] / digest[2:4]
-        shard.mkdir(parents=True, exist_ok=True)
-        (shard / digest).write_bytes(data or b"")
+    write_first_format(folder, {digest: data or b"" for digest, data in legacy.items()})
     with Workspace.open(folder) as ws:
         assert not (folder / "blobs").exists()
         assert sorted(ws.node.blobs.iter_digests()) == sorted(digests)
